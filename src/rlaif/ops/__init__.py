@@ -1,0 +1,28 @@
+"""Pure tensor math for RLHF/RLAIF: masking, log-probs, KL, rewards, GAE and losses (torch only)."""
+
+from .advantages import gae
+from .kl import AdaptiveKLController, FixedKLController, kl, make_kl_controller
+from .logprobs import entropy_from_logits, full_kl_from_logits, logprobs_from_logits
+from .losses import bradley_terry_loss, ppo_policy_loss, ppo_value_loss
+from .masking import masked_mean, masked_sum, masked_var, whiten
+from .rewards import last_valid_index, shaped_rewards
+
+__all__ = [
+    "AdaptiveKLController",
+    "FixedKLController",
+    "bradley_terry_loss",
+    "entropy_from_logits",
+    "full_kl_from_logits",
+    "gae",
+    "kl",
+    "last_valid_index",
+    "logprobs_from_logits",
+    "make_kl_controller",
+    "masked_mean",
+    "masked_sum",
+    "masked_var",
+    "ppo_policy_loss",
+    "ppo_value_loss",
+    "shaped_rewards",
+    "whiten",
+]
