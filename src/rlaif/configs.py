@@ -1,0 +1,15 @@
+"""The root config: shared `run` settings plus one section per stage (later stages add theirs)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .config import field
+from .runtime import RunConfig
+from .stages.ppo import PPOConfig
+
+
+@dataclass
+class RootConfig:
+    run: RunConfig = field(default_factory=RunConfig, help="output folder, seed, device, precision, resume")
+    ppo: PPOConfig = field(default_factory=PPOConfig, help="PPO stage (`rlaif ppo`)")

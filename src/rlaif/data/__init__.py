@@ -1,0 +1,1 @@
+"""Dataset I/O: JSONL readers that name file, line and field on bad input."""

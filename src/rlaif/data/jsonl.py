@@ -1,0 +1,54 @@
+"""JSONL reading and appending with errors that name file, line and field."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+
+class DataError(ValueError):
+    """Bad input data; the message names the file, the line and the field."""
+
+
+def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield (line_number, object) for each non-blank line; raise DataError on bad lines."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"{p}: file does not exist")
+    with open(p, "rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{p}:{lineno}: not valid UTF-8 (byte {e.start}: {raw[e.start:e.start + 1]!r})") from None
+            if not text.strip():
+                continue
+            try:
+                obj = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{p}:{lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(obj, dict):
+                raise DataError(f"{p}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+            yield lineno, obj
+
+
+def require_str(obj: dict[str, Any], key: str, where: str, allow_empty: bool = False) -> str:
+    if key not in obj:
+        raise DataError(f"{where}: missing field '{key}'")
+    v = obj[key]
+    if not isinstance(v, str):
+        raise DataError(f"{where}: field '{key}' must be a string, got {type(v).__name__}")
+    if not allow_empty and not v.strip():
+        raise DataError(f"{where}: field '{key}' is empty")
+    return v
+
+
+def append_jsonl(path: str | Path, obj: dict[str, Any]) -> None:
+    """Append one row and flush it to disk, so a kill loses at most the row in flight."""
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(obj, ensure_ascii=False) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())

@@ -1,0 +1,159 @@
+"""Rollouts: encode prompts (left padding), sample responses (KV cache), mask up to the first EOS.
+
+Shapes: b rollouts, p prompt tokens (left padded), r response tokens (right padded).
+The response mask includes the first response token and the first EOS, and nothing after it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..data.prompts import PromptRow
+
+
+@dataclass
+class PromptBatch:
+    ids: torch.Tensor  # (b, p) long, left padded
+    mask: torch.Tensor  # (b, p) long, 1 on real tokens
+    n_truncated: int  # prompts cut from the left to fit max_prompt_tokens
+
+
+@dataclass
+class Rollout:
+    """One batch of sampled responses with everything the update needs to re-score them."""
+
+    prompt_ids: torch.Tensor  # (b, p) long, left padded
+    prompt_mask: torch.Tensor  # (b, p) long
+    response_ids: torch.Tensor  # (b, r) long, pad after the first EOS
+    response_mask: torch.Tensor  # (b, r) bool, True up to and including the first EOS
+    ended_with_eos: torch.Tensor  # (b,) bool
+    prompts: list[str]  # the question as a reward model / judge sees it (last user turn)
+    responses: list[str]  # decoded response, special tokens removed
+
+    def __len__(self) -> int:
+        return self.prompt_ids.shape[0]
+
+    def select(self, idx: torch.Tensor | list[int]) -> Rollout:
+        idx_t = torch.as_tensor(idx, dtype=torch.long)
+        il = idx_t.tolist()
+        return Rollout(
+            self.prompt_ids[idx_t], self.prompt_mask[idx_t], self.response_ids[idx_t],
+            self.response_mask[idx_t], self.ended_with_eos[idx_t],
+            [self.prompts[i] for i in il], [self.responses[i] for i in il],
+        )
+
+
+def chat_prompt_ids(tokenizer, row: PromptRow) -> list[int]:
+    """Token ids of a prompt in the tokenizer's chat template (ChatML when it has none), ready to answer."""
+    if getattr(tokenizer, "chat_template", None):
+        ids = tokenizer.apply_chat_template(row.as_chat(), add_generation_prompt=True, tokenize=True)
+        if isinstance(ids, dict) or hasattr(ids, "keys"):
+            ids = ids["input_ids"]
+        return list(ids)
+    text = "".join(f"<|im_start|>{r}\n{c}<|im_end|>\n" for r, c in row.messages) + "<|im_start|>assistant\n"
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def encode_prompts(tokenizer, rows: list[PromptRow], max_prompt_tokens: int) -> PromptBatch:
+    """Chat-format and left-pad prompts; prompts longer than `max_prompt_tokens` keep their last tokens."""
+    seqs, n_trunc = [], 0
+    for row in rows:
+        ids = chat_prompt_ids(tokenizer, row)
+        if len(ids) > max_prompt_tokens:
+            ids, n_trunc = ids[-max_prompt_tokens:], n_trunc + 1
+        seqs.append(ids)
+    p = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), p), tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), p), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, p - len(s):] = torch.tensor(s, dtype=torch.long)
+        mask[i, p - len(s):] = 1
+    return PromptBatch(ids, mask, n_trunc)
+
+
+def eos_token_ids(tokenizer, model=None) -> list[int]:
+    """Every id that ends a turn: the tokenizer's EOS plus the model's generation-config EOS ids."""
+    ids = set()
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if isinstance(gen_eos, int):
+        ids.add(gen_eos)
+    elif isinstance(gen_eos, (list, tuple)):
+        ids.update(int(i) for i in gen_eos)
+    return sorted(ids)
+
+
+def truncate_after_eos(
+    response_ids: torch.Tensor, eos_ids: list[int], pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(b, r) sampled ids -> (ids with pad after the first EOS, mask (b, r) bool, ended (b,) bool).
+
+    Position t is valid iff no EOS occurs strictly before t: the first EOS itself is kept (it is an action
+    the policy took and must be trained), everything after it is padding.
+    """
+    is_eos = torch.isin(response_ids, torch.tensor(eos_ids, device=response_ids.device))
+    eos_before = torch.cumsum(is_eos.long(), dim=1) - is_eos.long()  # EOS count strictly before t
+    mask = eos_before == 0
+    ids = torch.where(mask, response_ids, torch.full_like(response_ids, pad_id))
+    return ids, mask, is_eos.any(dim=1)
+
+
+@torch.no_grad()
+def sample_responses(
+    model,
+    tokenizer,
+    rows: list[PromptRow],
+    *,
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float = 1.0,
+    max_prompt_tokens: int = 512,
+    batch_size: int = 64,
+    device: torch.device | str = "cpu",
+    autocast: torch.autocast | None = None,
+) -> tuple[Rollout, int]:
+    """Sample one response per prompt with `model.generate` (KV cache, left padding, stop at EOS).
+
+    Returns the rollout (padded to a common width) and the number of prompts truncated from the left.
+    """
+    eos = eos_token_ids(tokenizer, model)
+    pad = tokenizer.pad_token_id
+    was_training = model.training
+    model.eval()
+    enc = encode_prompts(tokenizer, rows, max_prompt_tokens)
+    chunks = []
+    for s in range(0, len(rows), batch_size):
+        ids = enc.ids[s:s + batch_size]
+        mask = enc.mask[s:s + batch_size]
+        keep = mask.sum(0) > 0  # drop columns that are padding for the whole chunk
+        ids, mask = ids[:, keep].to(device), mask[:, keep].to(device)
+        ctx = autocast if autocast is not None else torch.autocast("cpu", enabled=False)
+        with ctx:
+            out = model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                max_new_tokens=max_new_tokens,
+                min_new_tokens=1,
+                do_sample=temperature > 0,
+                temperature=temperature if temperature > 0 else None,
+                top_p=top_p if temperature > 0 else None,
+                top_k=0 if temperature > 0 else None,
+                pad_token_id=pad,
+                eos_token_id=eos,
+                use_cache=True,
+            )
+        chunks.append(out[:, ids.shape[1]:].cpu())
+    if was_training:
+        model.train()
+    r = max(c.shape[1] for c in chunks)
+    resp = torch.cat([torch.nn.functional.pad(c, (0, r - c.shape[1]), value=pad) for c in chunks])
+    resp, rmask, ended = truncate_after_eos(resp, eos, pad)
+    texts = tokenizer.batch_decode(torch.where(rmask, resp, pad), skip_special_tokens=True)
+    rollout = Rollout(
+        prompt_ids=enc.ids, prompt_mask=enc.mask, response_ids=resp, response_mask=rmask, ended_with_eos=ended,
+        prompts=[row.text for row in rows], responses=[t.strip() for t in texts],
+    )
+    return rollout, enc.n_truncated

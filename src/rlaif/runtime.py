@@ -1,0 +1,90 @@
+"""Device, precision, seeding, RNG state and the run folder — shared by every stage."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+
+from .config import field
+
+log = logging.getLogger("rlaif")
+
+
+@dataclass
+class RunConfig:
+    output_dir: str = field("runs/ppo", help="folder for checkpoints, metrics.jsonl, config.yaml and the model")
+    seed: int = field(0, help="seed for python, numpy and torch (sampling, shuffling, init)")
+    device: Literal["auto", "cpu", "cuda"] = field("auto", help="auto = cuda when available, else cpu")
+    precision: Literal["auto", "fp32", "bf16"] = field(
+        "auto", help="auto = bf16 autocast with fp32 master weights on GPU, fp32 on CPU (CPU bf16 is ~200x slower)"
+    )
+    threads: int = field(0, help="torch CPU threads; 0 = leave torch's default")
+    resume: str = field("auto", help="auto = continue from the latest complete checkpoint; never; or a path")
+    keep_checkpoints: int = field(2, help="how many of the latest checkpoints to keep")
+    report_to: list[str] = field(default_factory=list, help="extra metric sinks: tensorboard, wandb")
+    progress: bool = field(True, help="show progress bars")
+
+    def validate(self) -> None:
+        from .config import ConfigError
+
+        for sink in self.report_to:
+            if sink not in ("tensorboard", "wandb"):
+                raise ConfigError(f"config key 'run.report_to': unknown sink '{sink}' (tensorboard | wandb)")
+        if self.keep_checkpoints < 1:
+            raise ConfigError("config key 'run.keep_checkpoints': must be >= 1")
+
+
+def pick_device(choice: str) -> torch.device:
+    if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise RuntimeError("run.device=cuda but torch sees no CUDA device")
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def autocast_for(device: torch.device, precision: str):
+    """A fresh autocast context per use (bf16 on GPU) or a null context (fp32)."""
+    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    if use_bf16 and device.type == "cuda":
+        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+    if use_bf16:
+        log.warning("bf16 on CPU is very slow here; running in fp32")
+    return contextlib.nullcontext
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def setup_run(run: RunConfig) -> tuple[Path, torch.device]:
+    out = Path(run.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if run.threads > 0:
+        torch.set_num_threads(run.threads)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return out, pick_device(run.device)

@@ -1,0 +1,1 @@
+"""One module per stage: a config dataclass and a `train()` function."""

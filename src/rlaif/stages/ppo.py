@@ -1,0 +1,501 @@
+"""PPO with a frozen reference, a separate critic and a KL penalty (Ziegler et al. 2019; Ouyang et al. 2022).
+
+Each iteration: A) rollouts without gradients — sample, score, log-probs of policy and reference, values;
+B) value update; C) policy update (the seed's order), each over `ppo_epochs` x minibatches with gradient
+accumulation, gradient clipping and AdamW. Losses are divided by the minibatch's token count, so micro-batch
+1 x accumulation 4 gives the same update as 4 x 1.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from tqdm.auto import tqdm
+
+from .. import ops
+from ..checkpoint import (
+    find_resume_checkpoint,
+    load_json,
+    save_checkpoint,
+    save_json,
+    torch_load,
+    torch_save,
+)
+from ..config import ConfigError, field
+from ..data.prompts import PromptRow, load_prompts
+from ..metrics import MetricsLogger
+from ..models.loading import load_causal_lm, load_sequence_classifier, load_tokenizer
+from ..rewards.sources import EnsembleReward, check_finite, make_reward_source
+from ..rollout.generate import Rollout, sample_responses
+from ..rollout.scoring import response_logprobs, response_values
+from ..runtime import RunConfig, autocast_for, rng_state, seed_everything, set_rng_state, setup_run
+
+log = logging.getLogger("rlaif.ppo")
+
+
+@dataclass
+class RewardConfig:
+    model: list[str] = field(default_factory=list, help="reward model(s): built-in name, folder or hub id; "
+                             "several make an ensemble")
+    function: str | None = field(None, help="a Python reward `module:function` or `file.py:function` "
+                                 "called as f(prompts, responses) -> list[float]")
+    combine: Literal["mean", "min", "mean_minus_std"] = field("mean", help="how an ensemble is combined")
+    std_k: float = field(1.0, help="k in mean - k*std")
+    input_format: Literal["auto", "chat", "pair"] = field(
+        "auto", help="chat: decoder RM reads the chat transcript; pair: encoder RM takes (question, answer)")
+    max_length: int = field(1024, help="tokens the reward model sees (longer inputs are truncated)")
+    batch_size: int = field(16, help="reward model forward batch size")
+    clip: float | None = field(None, help="clip scores to [-clip, clip] (None = no clipping)")
+
+
+@dataclass
+class GenerationConfig:
+    max_new_tokens: int = field(48, help="budget of new tokens per response")
+    temperature: float = field(0.7, help="sampling temperature; log-probs are computed at the same temperature")
+    top_p: float = field(1.0, help="nucleus sampling")
+    max_prompt_tokens: int = field(512, help="longer prompts keep their last tokens (counted in metrics)")
+    batch_size: int = field(32, help="prompts per generate() call")
+
+
+@dataclass
+class PPOConfig:
+    policy: str = field("smollm2-135m-instruct", help="policy to train: built-in name, folder, .gguf or hub id")
+    reference: str | None = field(None, help="frozen KL anchor; default: a copy of the initial policy")
+    value_model: str | None = field(None, help="critic initialisation; default: per value_init")
+    value_init: Literal["reward", "policy"] = field(
+        "policy", help="critic starts from the (first) reward model or from the policy backbone + new head")
+    prompts: str = field("builtin:demo-train", help="prompt JSONL or builtin:demo-train")
+    reward: RewardConfig = field(default_factory=RewardConfig, help="reward source")
+    generation: GenerationConfig = field(default_factory=GenerationConfig, help="sampling")
+    iterations: int = field(20, help="PPO iterations (each: rollouts, value update, policy update)")
+    batch_size: int = field(32, help="rollouts per iteration")
+    micro_batch_size: int = field(4, help="rollouts per forward/backward")
+    gradient_accumulation_steps: int = field(8, help="micro-batches per optimizer step")
+    forward_batch_size: int = field(16, help="rollouts per no-grad scoring forward pass")
+    ppo_epochs: int = field(1, help="passes over each rollout batch")
+    learning_rate: float = field(1e-6, help="policy AdamW learning rate")
+    value_learning_rate: float = field(1e-5, help="critic AdamW learning rate")
+    weight_decay: float = field(0.0, help="AdamW weight decay")
+    max_grad_norm: float = field(1.0, help="gradient clipping (global norm)")
+    gamma: float = field(1.0, help="discount")
+    lam: float = field(0.95, help="GAE lambda")
+    clip_eps: float = field(0.2, help="policy ratio clip")
+    value_clip_eps: float | None = field(0.2, help="value clip around old values (None = unclipped)")
+    value_loss: Literal["clipped", "sigma"] = field(
+        "clipped", help="clipped: 0.5*max((V-R)^2, (Vclip-R)^2); sigma: the seed's, errors divided by std(R)")
+    kl_coef: float = field(0.05, help="beta: KL penalty coefficient (initial value when adaptive)")
+    kl_estimator: Literal["k1", "k2", "k3"] = field("k1", help="per-token KL estimator in the reward")
+    kl_target: float | None = field(None, help="adaptive KL: target sequence KL (None = fixed beta)")
+    kl_horizon: int = field(10000, help="adaptive KL horizon (rollouts)")
+    kl_mode: Literal["reward", "loss"] = field(
+        "reward", help="reward: -beta*KL per token in the reward; loss: the seed's exact full-vocabulary KL to "
+        "the reference added to the policy loss")
+    whiten_rewards: bool = field(False, help="whiten per-token rewards over the batch (scale only)")
+    whiten_advantages: bool = field(True, help="whiten advantages over the batch")
+    missing_eos: Literal["penalty", "drop"] = field(
+        "penalty", help="rollouts that hit max_new_tokens without EOS: fixed penalty score, or dropped (seed)")
+    missing_eos_penalty: float = field(-1.0, help="score given to rollouts without EOS when missing_eos=penalty")
+    save_every: int = field(0, help="save the policy every N iterations (0 = only at the end)")
+    checkpoint_every: int = field(5, help="resumable checkpoint every N iterations (0 = never)")
+
+    def validate(self) -> None:
+        mb = self.micro_batch_size * self.gradient_accumulation_steps
+        for key in ("iterations", "batch_size", "micro_batch_size", "gradient_accumulation_steps",
+                    "forward_batch_size", "ppo_epochs"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"config key 'ppo.{key}': must be >= 1")
+        if self.batch_size % mb:
+            raise ConfigError(
+                f"config key 'ppo.batch_size': {self.batch_size} is not a multiple of micro_batch_size x "
+                f"gradient_accumulation_steps = {mb}")
+        if self.generation.max_new_tokens < 1:
+            raise ConfigError("config key 'ppo.generation.max_new_tokens': must be >= 1")
+        if self.generation.temperature <= 0:
+            raise ConfigError("config key 'ppo.generation.temperature': PPO needs sampling (> 0)")
+        if not self.reward.model and not self.reward.function:
+            raise ConfigError("config key 'ppo.reward': set ppo.reward.model or ppo.reward.function")
+        if self.value_init == "reward" and not self.reward.model and self.value_model is None:
+            raise ConfigError("config key 'ppo.value_init': 'reward' needs ppo.reward.model")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# helpers (each a step of the loop)
+
+
+@dataclass
+class Models:
+    policy: torch.nn.Module
+    reference: torch.nn.Module
+    value: torch.nn.Module
+    tokenizer: object
+
+
+def build_models(cfg: PPOConfig, device: torch.device) -> Models:
+    tok = load_tokenizer(cfg.policy, padding_side="left")
+    policy = load_causal_lm(cfg.policy, device=device)
+    policy.config.pad_token_id = tok.pad_token_id
+    reference = load_causal_lm(cfg.reference or cfg.policy, device=device).eval().requires_grad_(False)
+    critic_src = cfg.value_model or (cfg.reward.model[0] if cfg.value_init == "reward" else cfg.policy)
+    value = load_sequence_classifier(critic_src, device=device, pad_token_id=tok.pad_token_id)
+    for m in (policy, value):
+        _disable_dropout(m)
+    return Models(policy, reference, value, tok)
+
+
+def _disable_dropout(model: torch.nn.Module) -> None:
+    """PPO's ratio must be 1 on the first minibatch: no dropout anywhere."""
+    for mod in model.modules():
+        if isinstance(mod, torch.nn.Dropout):
+            mod.p = 0.0
+    for key in ("attention_dropout", "hidden_dropout", "dropout", "attn_pdrop", "resid_pdrop"):
+        if hasattr(model.config, key):
+            setattr(model.config, key, 0.0)
+
+
+class PromptStream:
+    """Endless seeded shuffle over the prompt set; `position` (prompts consumed) is all a resume needs."""
+
+    def __init__(self, rows: list[PromptRow], seed: int, position: int = 0):
+        self.rows, self.seed, self.position = rows, seed, position
+
+    def _order(self, epoch: int) -> list[int]:
+        g = torch.Generator().manual_seed(self.seed * 100003 + epoch)
+        return torch.randperm(len(self.rows), generator=g).tolist()
+
+    def take(self, n: int) -> list[PromptRow]:
+        out = []
+        for _ in range(n):
+            epoch, i = divmod(self.position, len(self.rows))
+            out.append(self.rows[self._order(epoch)[i]])
+            self.position += 1
+        return out
+
+
+@dataclass
+class Scored:
+    """Rollout tensors after step A. All (b, r) except scores/valid (b,)."""
+
+    rollout: Rollout
+    scores: torch.Tensor  # (b,) reward-source score after EOS handling
+    raw_scores: torch.Tensor  # (b,) before EOS handling
+    valid: torch.Tensor  # (b,) bool: rows that enter the losses
+    mask: torch.Tensor  # (b, r) float: response mask of valid rows
+    logprobs: torch.Tensor
+    ref_logprobs: torch.Tensor
+    values: torch.Tensor
+    rewards: torch.Tensor
+    kl: torch.Tensor  # (b, r) per-token KL estimate (estimator of the config)
+    advantages: torch.Tensor
+    returns: torch.Tensor
+    ensemble_std: torch.Tensor | None
+
+
+@torch.no_grad()
+def score_batch(models: Models, rollout: Rollout, cfg: PPOConfig, device, amp) -> tuple[torch.Tensor, ...]:
+    """Step A2: old log-probs (policy), reference log-probs, values, in forward_batch_size chunks."""
+    models.policy.eval()
+    lps, refs, vals = [], [], []
+    for s in range(0, len(rollout), cfg.forward_batch_size):
+        part = rollout.select(list(range(s, min(s + cfg.forward_batch_size, len(rollout)))))
+        args = [t.to(device) for t in (part.prompt_ids, part.prompt_mask, part.response_ids, part.response_mask)]
+        with amp():
+            lps.append(response_logprobs(models.policy, *args, cfg.generation.temperature)[0].float().cpu())
+            refs.append(response_logprobs(models.reference, *args, cfg.generation.temperature)[0].float().cpu())
+            vals.append(response_values(models.value, *args).float().cpu())
+    return torch.cat(lps), torch.cat(refs), torch.cat(vals)
+
+
+def apply_eos_policy(raw: torch.Tensor, ended: torch.Tensor, cfg: PPOConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """(b,) scores, (b,) ended-with-EOS -> (scores, valid rows)."""
+    scores = raw.clone()
+    if cfg.reward.clip is not None:
+        scores = scores.clamp(-cfg.reward.clip, cfg.reward.clip)
+    if cfg.missing_eos == "penalty":
+        scores = torch.where(ended, scores, torch.full_like(scores, cfg.missing_eos_penalty))
+        return scores, torch.ones_like(ended)
+    return scores, ended.clone()
+
+
+def _step(optimizer, model, max_norm: float) -> float:
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    if not torch.isfinite(norm):
+        optimizer.zero_grad(set_to_none=True)
+        raise FloatingPointError(f"non-finite gradient norm {norm.item()}")
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(norm)
+
+
+def _minibatches(n: int, cfg: PPOConfig, gen: torch.Generator):
+    """Yield lists of micro-batch index tensors, one list per optimizer step, for every epoch."""
+    mb = cfg.micro_batch_size * cfg.gradient_accumulation_steps
+    for _ in range(cfg.ppo_epochs):
+        perm = torch.randperm(n, generator=gen)
+        for s in range(0, n, mb):
+            idx = perm[s:s + mb]
+            yield [idx[m:m + cfg.micro_batch_size] for m in range(0, len(idx), cfg.micro_batch_size)]
+
+
+def value_update(models: Models, opt, sc: Scored, cfg: PPOConfig, device, amp, gen) -> dict[str, float]:
+    """Step B: critic regression to the GAE returns, clipped around the rollout values."""
+    models.value.train()
+    stats: dict[str, list[float]] = {"value_loss": [], "vf_clipfrac": [], "value_grad_norm": []}
+    return_std = ops.masked_var(sc.returns, sc.mask).sqrt().item() if cfg.value_loss == "sigma" else None
+    for micro in _minibatches(len(sc.rollout), cfg, gen):
+        n_tokens = sum(sc.mask[i].sum() for i in micro).clamp(min=1.0)
+        total = 0.0
+        for idx in micro:
+            r = sc.rollout.select(idx)
+            args = [t.to(device) for t in (r.prompt_ids, r.prompt_mask, r.response_ids, r.response_mask)]
+            with amp():
+                v = response_values(models.value, *args)
+            loss, st = ops.ppo_value_loss(
+                v.float(), sc.values[idx].to(device), sc.returns[idx].to(device), sc.mask[idx].to(device),
+                cfg.value_clip_eps, normalizer=n_tokens.to(device), return_std=return_std,
+            )
+            _check_finite_loss(loss, "value loss")
+            loss.backward()
+            total += loss.item()
+            stats["vf_clipfrac"].append(st["vf_clipfrac"].item())
+        stats["value_grad_norm"].append(_step(opt, models.value, cfg.max_grad_norm))
+        stats["value_loss"].append(total)
+    return {k: sum(v) / max(1, len(v)) for k, v in stats.items()}
+
+
+def policy_update(models: Models, opt, sc: Scored, kl_coef: float, cfg: PPOConfig, device, amp, gen
+                  ) -> dict[str, float]:
+    """Step C: clipped surrogate on whitened advantages (+ beta * exact KL when kl_mode=loss)."""
+    models.policy.train()
+    stats: dict[str, list[float]] = {k: [] for k in ("policy_loss", "clipfrac", "approx_kl", "entropy",
+                                                     "policy_grad_norm", "kl_loss", "ratio_max")}
+    for micro in _minibatches(len(sc.rollout), cfg, gen):
+        n_tokens = sum(sc.mask[i].sum() for i in micro).clamp(min=1.0)
+        total = 0.0
+        for idx in micro:
+            r = sc.rollout.select(idx)
+            args = [t.to(device) for t in (r.prompt_ids, r.prompt_mask, r.response_ids, r.response_mask)]
+            mask = sc.mask[idx].to(device)
+            with amp():
+                lp, ent, logits = response_logprobs(models.policy, *args, cfg.generation.temperature,
+                                                    with_entropy=True)
+            loss, st = ops.ppo_policy_loss(lp.float(), sc.logprobs[idx].to(device), sc.advantages[idx].to(device),
+                                           mask, cfg.clip_eps, normalizer=n_tokens.to(device))
+            if cfg.kl_mode == "loss":
+                with torch.no_grad(), amp():
+                    ref_logits = response_logprobs(models.reference, *args, cfg.generation.temperature)[2]
+                full_kl = ops.full_kl_from_logits(logits, ref_logits, cfg.generation.temperature)
+                kl_term = ops.masked_sum(full_kl, mask) / n_tokens.to(device)
+                loss = loss + kl_coef * kl_term
+                stats["kl_loss"].append(kl_term.item())
+            _check_finite_loss(loss, "policy loss")
+            loss.backward()
+            total += loss.item()
+            stats["clipfrac"].append(st["clipfrac"].item())
+            stats["approx_kl"].append(st["approx_kl"].item())
+            stats["ratio_max"].append(st["ratio_max"].item())
+            stats["entropy"].append(ops.masked_mean(ent, mask).item())
+        stats["policy_grad_norm"].append(_step(opt, models.policy, cfg.max_grad_norm))
+        stats["policy_loss"].append(total)
+    out = {k: sum(v) / len(v) for k, v in stats.items() if v}
+    out["ratio_max"] = max(stats["ratio_max"])
+    return out
+
+
+def _check_finite_loss(loss: torch.Tensor, what: str) -> None:
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"{what} is {loss.item()}")
+
+
+def compute_advantages(sc_parts: dict, cfg: PPOConfig, kl_coef: float) -> dict:
+    """Step A4: shaped rewards, GAE, whitening — all pure functions from rlaif.ops."""
+    mask = sc_parts["mask"]
+    beta = kl_coef if cfg.kl_mode == "reward" else 0.0  # kl_mode=loss: the reward holds the score only
+    rewards, kl_tok = ops.shaped_rewards(sc_parts["scores"], sc_parts["logprobs"], sc_parts["ref_logprobs"], mask,
+                                         beta, cfg.kl_estimator)
+    if cfg.whiten_rewards and mask.sum() > 1:
+        rewards = ops.whiten(rewards, mask, shift_mean=False)
+    advantages, returns = ops.gae(rewards, sc_parts["values"], mask, cfg.gamma, cfg.lam)
+    if cfg.whiten_advantages and mask.sum() > 1:
+        advantages = ops.whiten(advantages, mask)
+    return {"rewards": rewards, "kl": kl_tok, "advantages": advantages, "returns": returns}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# checkpoints
+
+
+def _write_checkpoint(folder: Path, models: Models, opts, kl_ctl, state: dict) -> None:
+    models.policy.save_pretrained(folder / "policy")
+    models.value.save_pretrained(folder / "value")
+    torch_save({"policy": opts[0].state_dict(), "value": opts[1].state_dict()}, folder / "optimizers.pt")
+    torch_save(rng_state(), folder / "rng.pt")
+    save_json(folder / "trainer_state.json", {**state, "kl_controller": kl_ctl.state_dict()})
+
+
+def _load_checkpoint(folder: Path, models: Models, opts, kl_ctl, device) -> dict:
+    from safetensors.torch import load_file
+
+    for name, model in (("policy", models.policy), ("value", models.value)):
+        sd = load_file(str(folder / name / "model.safetensors"), device=str(device))
+        missing, unexpected = model.load_state_dict(sd, strict=False)
+        if unexpected or [k for k in missing if "lm_head" not in k]:
+            raise RuntimeError(f"checkpoint {folder}/{name}: missing {missing}, unexpected {unexpected}")
+        if hasattr(model, "tie_weights"):
+            model.tie_weights()
+    optim = torch_load(folder / "optimizers.pt")
+    opts[0].load_state_dict(optim["policy"])
+    opts[1].load_state_dict(optim["value"])
+    state = load_json(folder / "trainer_state.json")
+    kl_ctl.load_state_dict(state["kl_controller"])
+    set_rng_state(torch_load(folder / "rng.pt"))
+    return state
+
+
+def save_policy(models: Models, folder: Path) -> None:
+    models.policy.save_pretrained(folder)
+    models.tokenizer.save_pretrained(folder)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the loop
+
+
+def train(run: RunConfig, cfg: PPOConfig, resolved_config: dict | None = None) -> Path:
+    """Run PPO; returns the folder of the final policy (Hugging Face format)."""
+    out, device = setup_run(run)
+    seed_everything(run.seed)
+    amp = autocast_for(device, run.precision)
+    models = build_models(cfg, device)
+    prompts = load_prompts(cfg.prompts)
+    reward_fn = make_reward_source(
+        cfg.reward.model, cfg.reward.function, device=device, batch_size=cfg.reward.batch_size,
+        max_length=cfg.reward.max_length, input_format=cfg.reward.input_format, combine=cfg.reward.combine,
+        std_k=cfg.reward.std_k, autocast=amp() if device.type == "cuda" else None,
+    )
+    opt_policy = torch.optim.AdamW(models.policy.parameters(), lr=cfg.learning_rate,
+                                   weight_decay=cfg.weight_decay)
+    opt_value = torch.optim.AdamW(models.value.parameters(), lr=cfg.value_learning_rate,
+                                  weight_decay=cfg.weight_decay)
+    kl_ctl = ops.make_kl_controller(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
+    metrics = MetricsLogger(out, run.report_to, resolved_config)
+    start, position = 0, 0
+    ckpt = find_resume_checkpoint(out, run.resume)
+    if ckpt is not None:
+        state = _load_checkpoint(ckpt, models, (opt_policy, opt_value), kl_ctl, device)
+        start, position = state["iteration"], state["prompt_position"]
+        metrics.truncate_after(start)
+        log.info("resumed from %s (iteration %d)", ckpt, start)
+    stream = PromptStream(prompts, run.seed, position)
+    shuffle_gen = torch.Generator().manual_seed(run.seed + 1)
+    if ckpt is not None and (ckpt / "shuffle_rng.pt").exists():
+        shuffle_gen.set_state(torch_load(ckpt / "shuffle_rng.pt"))
+
+    bar = tqdm(range(start, cfg.iterations), initial=start, total=cfg.iterations, desc="ppo",
+               disable=not run.progress, dynamic_ncols=True)
+    for it in bar:
+        t_iter = time.perf_counter()
+        # 1. generate: sample one response per prompt from the current policy (no gradients)
+        rows = stream.take(cfg.batch_size)
+        t0 = time.perf_counter()
+        g = cfg.generation
+        rollout, n_trunc = sample_responses(
+            models.policy, models.tokenizer, rows, max_new_tokens=g.max_new_tokens, temperature=g.temperature,
+            top_p=g.top_p, max_prompt_tokens=g.max_prompt_tokens, batch_size=g.batch_size, device=device,
+            autocast=amp() if device.type == "cuda" else None,
+        )
+        t_gen = time.perf_counter() - t0
+
+        # 2. score: reward source on (question, answer) texts; EOS policy; then old/ref log-probs and values
+        t0 = time.perf_counter()
+        raw = check_finite(reward_fn(rollout.prompts, rollout.responses), getattr(reward_fn, "name", "reward"))
+        scores, valid = apply_eos_policy(raw, rollout.ended_with_eos, cfg)
+        mask = (rollout.response_mask & valid[:, None]).float()
+        logprobs, ref_logprobs, values = score_batch(models, rollout, cfg, device, amp)
+        t_score = time.perf_counter() - t0
+
+        # 3. rewards and 4. advantages (pure math in rlaif.ops)
+        parts = {"scores": scores, "mask": mask, "logprobs": logprobs, "ref_logprobs": ref_logprobs,
+                 "values": values}
+        adv = compute_advantages(parts, cfg, kl_ctl.value)
+        sc = Scored(rollout, scores, raw, valid, mask, logprobs, ref_logprobs, values, adv["rewards"], adv["kl"],
+                    adv["advantages"], adv["returns"],
+                    reward_fn.last_std if isinstance(reward_fn, EnsembleReward) else None)
+
+        # 5. update: critic first, then policy (the seed's order)
+        t0 = time.perf_counter()
+        stats: dict[str, float] = {}
+        if valid.any():
+            stats.update(value_update(models, opt_value, sc, cfg, device, amp, shuffle_gen))
+            stats.update(policy_update(models, opt_policy, sc, kl_ctl.value, cfg, device, amp, shuffle_gen))
+        else:
+            log.warning("iteration %d: no rollout ended with EOS; update skipped (ppo.missing_eos=drop)", it + 1)
+        t_update = time.perf_counter() - t0
+
+        # 6. KL controller and metrics
+        seq_kl = (sc.kl.sum(1)[valid].mean().item() if valid.any() else 0.0)
+        beta_used = kl_ctl.value
+        kl_ctl.update(seq_kl, cfg.batch_size)
+        n_tok = int(rollout.response_mask.sum())
+        dt = time.perf_counter() - t_iter
+        row = metrics.log(it + 1, _iteration_metrics(sc, stats, seq_kl, beta_used, n_tok, n_trunc, dt,
+                                                     t_gen, t_score, t_update))
+        bar.set_postfix(reward=f"{row['reward_mean']:.3f}", kl=f"{row['kl']:.3f}", eos=f"{row['eos_rate']:.2f}")
+        if not run.progress:
+            log.info("iter %d/%d reward %.3f kl %.4f len %.1f eos %.2f %.1fs", it + 1, cfg.iterations,
+                     row["reward_mean"], row["kl"], row["response_length"], row["eos_rate"], dt)
+
+        # 7. save: policy every save_every, resumable checkpoint every checkpoint_every
+        if cfg.save_every and (it + 1) % cfg.save_every == 0:
+            save_policy(models, out / f"policy-iter-{it + 1:05d}")
+        if cfg.checkpoint_every and (it + 1) % cfg.checkpoint_every == 0 and it + 1 < cfg.iterations:
+            state = {"iteration": it + 1, "prompt_position": stream.position}
+
+            def write(folder: Path, state=state) -> None:
+                _write_checkpoint(folder, models, (opt_policy, opt_value), kl_ctl, state)
+                torch_save(shuffle_gen.get_state(), folder / "shuffle_rng.pt")
+
+            save_checkpoint(out, it + 1, write, run.keep_checkpoints)
+    bar.close()
+    metrics.close()
+    final = out / "policy"
+    save_policy(models, final)
+    return final
+
+
+def _iteration_metrics(sc: Scored, stats: dict, seq_kl: float, beta: float, n_tok: int, n_trunc: int, dt: float,
+                       t_gen: float, t_score: float, t_update: float) -> dict:
+    r = sc.rollout
+    lengths = r.response_mask.sum(1).float()
+    row = {
+        "reward_mean": sc.raw_scores.mean().item(),
+        "reward_std": sc.raw_scores.std().item() if len(r) > 1 else 0.0,
+        "score_mean": sc.scores[sc.valid].mean().item() if sc.valid.any() else math.nan,
+        "kl": seq_kl,
+        "kl_coef": beta,
+        "non_score_reward": (sc.rewards.sum(1) - torch.where(sc.valid, sc.scores, 0.0)).mean().item(),
+        "response_length": lengths.mean().item(),
+        "eos_rate": r.ended_with_eos.float().mean().item(),
+        "valid_rows": int(sc.valid.sum()),
+        "value_mean": ops.masked_mean(sc.values, sc.mask).item(),
+        "return_mean": ops.masked_mean(sc.returns, sc.mask).item(),
+        "prompts_truncated": n_trunc,
+        "tokens": n_tok,
+        "tokens_per_s": n_tok / dt,
+        "s_generate": t_gen,
+        "s_score": t_score,
+        "s_update": t_update,
+        "s_iteration": dt,
+    }
+    if sc.ensemble_std is not None:
+        row["ensemble_std"] = sc.ensemble_std.mean().item()
+    row.update(stats)
+    return row
+
+
+__all__ = ["PPOConfig", "RewardConfig", "GenerationConfig", "train"]
