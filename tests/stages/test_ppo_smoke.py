@@ -1,0 +1,201 @@
+"""End-to-end PPO on a tiny random Llama: metrics, weights that move, a frozen reference, loadable outputs."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from rlaif.cli import main as cli_main
+from rlaif.config import load_config
+from rlaif.configs import RootConfig
+from rlaif.metrics import read_metrics
+from rlaif.stages import ppo
+
+REWARDS = Path(__file__).resolve().with_name("rewards_for_tests.py")
+
+
+def ppo_overrides(out, policy: str, prompts: str, *extra: str, reward: str = "length_reward") -> list[str]:
+    return [
+        f"run.output_dir={out}", "run.progress=false", "run.seed=0",
+        f"ppo.policy={policy}", f"ppo.prompts={prompts}", f"ppo.reward.function={REWARDS}:{reward}",
+        "ppo.iterations=2", "ppo.batch_size=4", "ppo.micro_batch_size=2", "ppo.gradient_accumulation_steps=2",
+        "ppo.forward_batch_size=4", "ppo.generation.max_new_tokens=8", "ppo.generation.batch_size=4",
+        "ppo.learning_rate=0.001", "ppo.value_learning_rate=0.001", "ppo.checkpoint_every=0",
+        *extra,
+    ]
+
+
+def capture_models(monkeypatch) -> dict:
+    """Wrap ppo.build_models: keep the Models the trainer really uses and snapshots of their initial weights."""
+    seen: dict = {}
+    original = ppo.build_models
+
+    def wrapper(cfg, device):
+        models = original(cfg, device)
+        seen["models"] = models
+        seen["policy0"] = {k: v.detach().clone() for k, v in models.policy.named_parameters()}
+        seen["reference0"] = {k: v.detach().clone() for k, v in models.reference.state_dict().items()}
+        seen["value0"] = {k: v.detach().clone() for k, v in models.value.named_parameters()}
+        return models
+
+    monkeypatch.setattr(ppo, "build_models", wrapper)
+    return seen
+
+
+def assert_finite(row: dict, *keys: str) -> None:
+    for k in keys:
+        assert k in row, f"metric {k} missing from {sorted(row)}"
+        assert row[k] is not None and math.isfinite(row[k]), f"metric {k} = {row[k]!r}"
+
+
+def test_ppo_two_iterations_cli(tmp_path, tiny_model_dir, prompts_file, monkeypatch):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    seen = capture_models(monkeypatch)
+    out = tmp_path / "run"
+    assert cli_main(["ppo", *ppo_overrides(out, tiny_model_dir, prompts_file)]) == 0
+    models = seen["models"]
+
+    # metrics: one row per iteration, finite losses
+    rows = read_metrics(out)
+    assert [r["iteration"] for r in rows] == [1, 2]
+    for r in rows:
+        assert_finite(r, "policy_loss", "value_loss", "kl", "reward_mean", "entropy", "policy_grad_norm")
+        assert r["valid_rows"] == 4  # missing_eos=penalty keeps every rollout
+        assert 0.0 <= r["eos_rate"] <= 1.0
+    # iteration 1 samples from the untouched policy == reference: zero KL, ratio 1 on the first minibatch
+    assert abs(rows[0]["kl"]) < 1e-6
+    assert abs(rows[0]["non_score_reward"]) < 1e-6
+    assert rows[0]["ratio_max"] == pytest.approx(1.0, abs=1e-5)
+    # iteration 2 samples from the updated policy: it has drifted from the reference
+    assert abs(rows[1]["kl"]) > 1e-6
+
+    # the reference object the trainer used was never updated, and shares no storage with the policy
+    assert models.reference is not models.policy
+    policy_ptrs = {p.data_ptr() for p in models.policy.parameters()}
+    for name, p in models.reference.named_parameters():
+        assert not p.requires_grad, name
+        assert p.data_ptr() not in policy_ptrs, name
+    ref_now = models.reference.state_dict()
+    for k, v in seen["reference0"].items():
+        assert torch.equal(ref_now[k], v), f"reference tensor {k} changed"
+
+    # every trainable policy parameter moved; the saved policy is the trained one
+    initial = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    saved = AutoModelForCausalLM.from_pretrained(out / "policy", dtype=torch.float32)
+    init_params = dict(initial.named_parameters())
+    saved_params = dict(saved.named_parameters())
+    assert set(saved_params) == set(init_params)
+    for name, p in saved_params.items():
+        assert p.requires_grad
+        assert not torch.equal(p, init_params[name]), f"policy parameter {name} did not change"
+        torch.testing.assert_close(p, dict(models.policy.named_parameters())[name].detach(), rtol=0, atol=0)
+    # the trainer's starting policy was the model on disk, and the reference still equals it
+    for name, p in init_params.items():
+        assert torch.equal(seen["policy0"][name], p.detach()), name
+        assert torch.equal(ref_now[name], p.detach()), name
+    # the critic trained too
+    value_now = dict(models.value.named_parameters())
+    moved = [k for k, v in seen["value0"].items() if not torch.equal(value_now[k], v)]
+    assert "score.weight" in moved and len(moved) == len(value_now)
+
+    # tokenizer saved beside the policy, loads and round-trips the chat format
+    tok = AutoTokenizer.from_pretrained(out / "policy")
+    assert tok.eos_token_id == models.tokenizer.eos_token_id
+    assert tok.pad_token_id == models.tokenizer.pad_token_id != tok.eos_token_id
+    assert tok.decode(tok("Why is the sky blue?")["input_ids"]) == "Why is the sky blue?"
+    with torch.no_grad():
+        logits = saved(input_ids=torch.tensor([tok("Hello")["input_ids"]])).logits
+    assert torch.isfinite(logits).all()
+
+    # the resolved config sits beside the outputs
+    cfg = yaml.safe_load((out / "config.yaml").read_text(encoding="utf-8"))
+    assert cfg["ppo"]["policy"] == tiny_model_dir
+    assert cfg["ppo"]["learning_rate"] == pytest.approx(0.001)
+    assert cfg["ppo"]["iterations"] == 2
+    assert cfg["run"]["output_dir"] == str(out)
+
+
+def test_ppo_kl_mode_loss(tmp_path, tiny_model_dir, prompts_file, monkeypatch):
+    seen = capture_models(monkeypatch)
+    cfg = load_config(RootConfig, None, ppo_overrides(tmp_path, tiny_model_dir, prompts_file, "ppo.kl_mode=loss",
+                                                      "ppo.kl_coef=0.5"))
+    final = ppo.train(cfg.run, cfg.ppo)
+    assert (final / "model.safetensors").is_file()
+    rows = read_metrics(tmp_path)
+    assert [r["iteration"] for r in rows] == [1, 2]
+    for r in rows:
+        assert_finite(r, "policy_loss", "value_loss", "kl", "reward_mean", "kl_loss")
+        assert r["kl_loss"] >= -1e-6  # an exact KL is never negative
+        # kl_mode=loss: the reward holds the score only, no per-token KL penalty
+        assert r["non_score_reward"] == pytest.approx(0.0, abs=1e-7)
+    assert rows[0]["kl_loss"] == pytest.approx(0.0, abs=1e-6)  # policy == reference before the first step
+    assert rows[1]["kl_loss"] > 1e-7  # ... and not after it
+    models = seen["models"]
+    ref_now = models.reference.state_dict()
+    assert all(torch.equal(ref_now[k], v) for k, v in seen["reference0"].items())
+    pol_now = dict(models.policy.named_parameters())
+    assert all(not torch.equal(pol_now[k], v) for k, v in seen["policy0"].items())
+
+
+def test_ppo_adaptive_kl_and_drop_missing_eos(tmp_path, eos_model_dir, prompts_file):
+    horizon, target, beta0, batch = 100, 1.0, 0.05, 4  # batch: rollouts per iteration
+    cfg = load_config(RootConfig, None, ppo_overrides(
+        tmp_path, eos_model_dir, prompts_file, "ppo.iterations=3", f"ppo.kl_target={target}",
+        f"ppo.kl_horizon={horizon}", f"ppo.kl_coef={beta0}", "ppo.missing_eos=drop"))
+    ppo.train(cfg.run, cfg.ppo)
+    rows = read_metrics(tmp_path)
+    assert [r["iteration"] for r in rows] == [1, 2, 3]
+    beta = beta0
+    for r in rows:
+        assert_finite(r, "eos_rate", "kl_coef", "reward_mean")
+        # only rollouts that ended with EOS enter the losses
+        assert r["valid_rows"] == round(r["eos_rate"] * batch)
+        if r["valid_rows"]:
+            assert_finite(r, "policy_loss", "value_loss", "score_mean", "kl")
+        else:
+            assert "policy_loss" not in r and r["score_mean"] is None and r["kl"] is None
+        # Ziegler et al.'s controller: beta *= 1 + clip(kl / target - 1, -0.2, 0.2) * n / horizon
+        assert r["kl_coef"] == pytest.approx(beta, rel=1e-6)
+        # n = rollouts that entered the update; an iteration with none leaves beta alone
+        if r["valid_rows"]:
+            beta *= 1 + min(max(r["kl"] / target - 1, -0.2), 0.2) * r["valid_rows"] / horizon
+    assert rows[1]["kl_coef"] != rows[0]["kl_coef"]
+    # the test is only meaningful if some rollouts were dropped and some were kept
+    rates = [r["eos_rate"] for r in rows]
+    assert any(0 < x < 1 for x in rates), rates
+
+
+def _no_eos_drop_run(out, tiny_model_dir, prompts_file, monkeypatch, *extra: str) -> tuple[dict, list[dict]]:
+    seen = capture_models(monkeypatch)
+    cfg = load_config(RootConfig, None, ppo_overrides(out, tiny_model_dir, prompts_file, "ppo.missing_eos=drop",
+                                                      "ppo.generation.max_new_tokens=3", *extra))
+    ppo.train(cfg.run, cfg.ppo)
+    rows = read_metrics(out)
+    # the random tiny model practically never samples EOS within 3 tokens (p ~ 1/49152 per token)
+    assert all(r["eos_rate"] == 0.0 for r in rows), [r["eos_rate"] for r in rows]
+    return seen, rows
+
+
+def test_drop_without_any_eos_skips_every_update(tmp_path, tiny_model_dir, prompts_file, monkeypatch):
+    seen, rows = _no_eos_drop_run(tmp_path, tiny_model_dir, prompts_file, monkeypatch)
+    assert [r["iteration"] for r in rows] == [1, 2]
+    for r in rows:
+        assert r["valid_rows"] == 0 and "policy_loss" not in r and "value_loss" not in r
+        assert_finite(r, "reward_mean")
+    # no update happened: the saved policy is the initial one
+    from transformers import AutoModelForCausalLM
+
+    saved = dict(AutoModelForCausalLM.from_pretrained(tmp_path / "policy").named_parameters())
+    for name, p in seen["policy0"].items():
+        assert torch.equal(saved[name], p), name
+
+
+def test_adaptive_kl_is_not_updated_without_valid_rows(tmp_path, tiny_model_dir, prompts_file, monkeypatch):
+    _, rows = _no_eos_drop_run(tmp_path, tiny_model_dir, prompts_file, monkeypatch, "ppo.kl_target=1.0",
+                               "ppo.kl_horizon=100")
+    assert rows[1]["kl_coef"] == rows[0]["kl_coef"]
