@@ -30,23 +30,41 @@ def smollm2_dir() -> str:
     return resolve_model("smollm2-135m-instruct")
 
 
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory, smollm2_dir) -> str:
-    """A 2-layer, 16-wide random Llama with SmolLM2's tokenizer and chat template, saved in HF format."""
+def build_tiny_llama(tokenizer_dir: str, out_dir, tie: bool = True, eos_logit: float | None = None) -> str:
+    """A 2-layer, 16-wide random Llama with SmolLM2's tokenizer and chat template, saved in HF format.
+
+    `eos_logit`: lift the EOS logit through a constant embedding dimension (untied head), so that with
+    temperature 0.7 and 8 new tokens some answers end with EOS at various lengths and some run out.
+    """
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    tok = AutoTokenizer.from_pretrained(smollm2_dir)
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
     torch.manual_seed(1234)
     cfg = LlamaConfig(
         vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
-        num_key_value_heads=1, max_position_embeddings=512, tie_word_embeddings=True,
+        num_key_value_heads=1, max_position_embeddings=512, tie_word_embeddings=tie,
         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
     )
     model = LlamaForCausalLM(cfg)
-    out = tmp_path_factory.mktemp("tiny-llama")
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    return str(out)
+    if eos_logit is not None:
+        with torch.no_grad():
+            model.model.embed_tokens.weight[:, 0] = 1.0
+            model.lm_head.weight[:, 0] = 0.0
+            model.lm_head.weight[tok.eos_token_id, 0] = eos_logit
+    model.save_pretrained(out_dir)
+    tok.save_pretrained(out_dir)
+    return str(out_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, smollm2_dir) -> str:
+    return build_tiny_llama(smollm2_dir, tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def eos_model_dir(tmp_path_factory, smollm2_dir) -> str:
+    """The tiny Llama, untied, tuned so that some answers end with EOS and some do not."""
+    return build_tiny_llama(smollm2_dir, tmp_path_factory.mktemp("tiny-eos-llama"), tie=False, eos_logit=1.6)
 
 
 @pytest.fixture()

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -32,21 +33,28 @@ def list_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def save_checkpoint(output_dir: str | Path, step: int, write: Callable[[Path], None], keep: int) -> Path:
-    """`write(tmp_folder)` fills a temp folder; it becomes checkpoints/step-NNNNNNNN atomically."""
-    root = checkpoint_root(output_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / f"step-{step:08d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-step-{step:08d}-", dir=root))
+@contextlib.contextmanager
+def atomic_dir(final: Path, prefix: str | None = None) -> Iterator[Path]:
+    """Yield a temp folder beside `final`; on success it replaces `final` in one rename, on error it goes."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=prefix or f".tmp-{final.name}-", dir=final.parent))
     try:
-        write(tmp)
-        (tmp / COMPLETE).write_text("ok\n")
+        yield tmp
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def save_checkpoint(output_dir: str | Path, step: int, write: Callable[[Path], None], keep: int) -> Path:
+    """`write(tmp_folder)` fills a temp folder; it becomes checkpoints/step-NNNNNNNN atomically."""
+    root = checkpoint_root(output_dir)
+    final = root / f"step-{step:08d}"
+    with atomic_dir(final, prefix=f".tmp-step-{step:08d}-") as tmp:
+        write(tmp)
+        (tmp / COMPLETE).write_text("ok\n")
     for _, old in list_checkpoints(output_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     for stale in root.glob(".tmp-step-*"):

@@ -6,11 +6,15 @@ Exit status: 0 done, 1 the run failed, 2 bad usage, config or input (one line na
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 from pathlib import Path
 
-STAGES = {"ppo": "PPO on prompts with a reward model, a Python reward or (later) a judge"}
+STAGES = {
+    "ppo": "PPO on prompts with a reward model, a Python reward or (later) a judge",
+    "sft": "supervised fine-tuning on (prompt, answer) rows, loss on the answer tokens only",
+}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -84,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(command: str, cfg, save_config, to_dict) -> int:
+    if not cfg.run.output_dir:  # a per-stage default, so `rlaif sft` and `rlaif ppo` never share a folder
+        cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, output_dir=f"runs/{command}"))
     out = Path(cfg.run.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
@@ -92,6 +98,12 @@ def _run(command: str, cfg, save_config, to_dict) -> int:
 
         final = ppo.train(cfg.run, cfg.ppo, to_dict(cfg))
         print(f"policy saved to {final}")
+        return 0
+    if command == "sft":
+        from .stages import sft
+
+        final = sft.train(cfg.run, cfg.sft, to_dict(cfg))
+        print(f"model saved to {final}")
         return 0
     raise AssertionError(command)  # pragma: no cover
 

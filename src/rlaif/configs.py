@@ -7,9 +7,11 @@ from dataclasses import dataclass
 from .config import field
 from .runtime import RunConfig
 from .stages.ppo import PPOConfig
+from .stages.sft import SFTConfig
 
 
 @dataclass
 class RootConfig:
     run: RunConfig = field(default_factory=RunConfig, help="output folder, seed, device, precision, resume")
     ppo: PPOConfig = field(default_factory=PPOConfig, help="PPO stage (`rlaif ppo`)")
+    sft: SFTConfig = field(default_factory=SFTConfig, help="supervised fine-tuning stage (`rlaif sft`)")

@@ -20,7 +20,8 @@ log = logging.getLogger("rlaif")
 
 @dataclass
 class RunConfig:
-    output_dir: str = field("runs/ppo", help="folder for checkpoints, metrics.jsonl, config.yaml and the model")
+    output_dir: str = field("", help="folder for checkpoints, metrics.jsonl, config.yaml and the model "
+                            "(empty = runs/<stage>)")
     seed: int = field(0, help="seed for python, numpy and torch (sampling, shuffling, init)")
     device: Literal["auto", "cpu", "cuda"] = field("auto", help="auto = cuda when available, else cpu")
     precision: Literal["auto", "fp32", "bf16"] = field(
@@ -82,6 +83,10 @@ def set_rng_state(state: dict) -> None:
 
 
 def setup_run(run: RunConfig) -> tuple[Path, torch.device]:
+    if not run.output_dir:
+        from .config import ConfigError
+
+        raise ConfigError("config key 'run.output_dir': empty (the CLI defaults it to runs/<stage>)")
     out = Path(run.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     if run.threads > 0:

@@ -16,13 +16,13 @@ import hashlib
 import importlib.util
 import logging
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from ..checkpoint import atomic_dir
 
 log = logging.getLogger(__name__)
 
@@ -140,16 +140,9 @@ def convert_gguf(gguf_path: Path, name: str | None = None) -> Path:
         raise RuntimeError(f"GGUF conversion of {gguf_path}: missing {bad}, unexpected {unexpected}")
     model.generation_config.pad_token_id = config.pad_token_id
     model.generation_config.eos_token_id = tok.eos_token_id
-    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".tmp-", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:  # a killed conversion never leaves a half cache
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     log.info("converted %s in %.1fs", gguf_path.name, time.time() - t0)
     return out
 

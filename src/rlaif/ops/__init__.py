@@ -26,3 +26,7 @@ __all__ = [
     "shaped_rewards",
     "whiten",
 ]
+
+from .sft import IGNORE_INDEX, completion_labels, cosine_with_floor_lr, token_ce_sum  # noqa: E402
+
+__all__ += ["IGNORE_INDEX", "completion_labels", "cosine_with_floor_lr", "token_ce_sum"]

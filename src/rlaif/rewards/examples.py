@@ -16,3 +16,18 @@ def mentions_question_word(prompts: list[str], responses: list[str]) -> list[flo
         said = {w.strip("?.,!").lower() for w in r.split()}
         out.append(len(words & said) / max(1, len(words)))
     return out
+
+
+def brevity(prompts: list[str], responses: list[str]) -> list[float]:
+    """Shorter answers score higher: minus the number of words, in tens (an empty answer scores 0)."""
+    return [-len(r.split()) / 10.0 for r in responses]
+
+
+def long_words(prompts: list[str], responses: list[str]) -> list[float]:
+    """Share of words with 7 or more letters: a dense style signal every token can move."""
+    out = []
+    for r in responses:
+        words = [w.strip(".,;:!?()\"'") for w in r.split()]
+        words = [w for w in words if w]
+        out.append(sum(len(w) >= 7 for w in words) / max(1, len(words)))
+    return out

@@ -33,7 +33,7 @@ from ..metrics import MetricsLogger
 from ..models.loading import load_causal_lm, load_sequence_classifier, load_tokenizer
 from ..rewards.sources import EnsembleReward, check_finite, make_reward_source
 from ..rollout.generate import Rollout, sample_responses
-from ..rollout.scoring import response_logprobs, response_values
+from ..rollout.scoring import response_logprobs, response_values, value_head
 from ..runtime import RunConfig, autocast_for, rng_state, seed_everything, set_rng_state, setup_run
 
 log = logging.getLogger("rlaif.ppo")
@@ -99,8 +99,9 @@ class PPOConfig:
         "the reference added to the policy loss")
     whiten_rewards: bool = field(False, help="whiten per-token rewards over the batch (scale only)")
     whiten_advantages: bool = field(True, help="whiten advantages over the batch")
-    missing_eos: Literal["penalty", "drop"] = field(
-        "penalty", help="rollouts that hit max_new_tokens without EOS: fixed penalty score, or dropped (seed)")
+    missing_eos: Literal["penalty", "drop", "keep"] = field(
+        "penalty", help="rollouts that hit max_new_tokens without EOS: fixed penalty score, dropped (the seed), "
+        "or kept with their own score")
     missing_eos_penalty: float = field(-1.0, help="score given to rollouts without EOS when missing_eos=penalty")
     save_every: int = field(0, help="save the policy every N iterations (0 = only at the end)")
     checkpoint_every: int = field(5, help="resumable checkpoint every N iterations (0 = never)")
@@ -144,9 +145,19 @@ def build_models(cfg: PPOConfig, device: torch.device) -> Models:
     reference = load_causal_lm(cfg.reference or cfg.policy, device=device).eval().requires_grad_(False)
     critic_src = cfg.value_model or (cfg.reward.model[0] if cfg.value_init == "reward" else cfg.policy)
     value = load_sequence_classifier(critic_src, device=device, pad_token_id=tok.pad_token_id)
+    if _is_causal_lm_checkpoint(value.config):
+        # a fresh head on the policy backbone: start at V = 0 so the first advantages are reward-to-go,
+        # not the noise of a random projection
+        torch.nn.init.zeros_(value_head(value).weight)
+        if value_head(value).bias is not None:
+            torch.nn.init.zeros_(value_head(value).bias)
     for m in (policy, value):
         _disable_dropout(m)
     return Models(policy, reference, value, tok)
+
+
+def _is_causal_lm_checkpoint(config) -> bool:
+    return any(a.endswith("ForCausalLM") for a in (getattr(config, "architectures", None) or []))
 
 
 def _disable_dropout(model: torch.nn.Module) -> None:
@@ -219,6 +230,8 @@ def apply_eos_policy(raw: torch.Tensor, ended: torch.Tensor, cfg: PPOConfig) -> 
         scores = scores.clamp(-cfg.reward.clip, cfg.reward.clip)
     if cfg.missing_eos == "penalty":
         scores = torch.where(ended, scores, torch.full_like(scores, cfg.missing_eos_penalty))
+        return scores, torch.ones_like(ended)
+    if cfg.missing_eos == "keep":
         return scores, torch.ones_like(ended)
     return scores, ended.clone()
 
