@@ -14,6 +14,7 @@ from pathlib import Path
 STAGES = {
     "ppo": "PPO on prompts with a reward model, a Python reward or (later) a judge",
     "sft": "supervised fine-tuning on (prompt, answer) rows, loss on the answer tokens only",
+    "rm": "reward model (Bradley-Terry) on {prompt, chosen, rejected} preference rows",
 }
 
 
@@ -90,6 +91,11 @@ def main(argv: list[str] | None = None) -> int:
 def _run(command: str, cfg, save_config, to_dict) -> int:
     if not cfg.run.output_dir:  # a per-stage default, so `rlaif sft` and `rlaif ppo` never share a folder
         cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, output_dir=f"runs/{command}"))
+    rm_data = None
+    if command == "rm":  # bad preference rows fail before the output folder or its config.yaml is written
+        from .stages import rm
+
+        rm_data = rm.read_data(cfg.rm, cfg.run.seed)
     out = Path(cfg.run.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
@@ -104,6 +110,10 @@ def _run(command: str, cfg, save_config, to_dict) -> int:
 
         final = sft.train(cfg.run, cfg.sft, to_dict(cfg))
         print(f"model saved to {final}")
+        return 0
+    if command == "rm":
+        final = rm.train(cfg.run, cfg.rm, to_dict(cfg), data=rm_data)
+        print(f"reward model saved to {final} (scores in {out / 'summary.json'})")
         return 0
     raise AssertionError(command)  # pragma: no cover
 

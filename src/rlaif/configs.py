@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from .config import field
 from .runtime import RunConfig
 from .stages.ppo import PPOConfig
+from .stages.rm import RMConfig
 from .stages.sft import SFTConfig
 
 
@@ -15,3 +16,4 @@ class RootConfig:
     run: RunConfig = field(default_factory=RunConfig, help="output folder, seed, device, precision, resume")
     ppo: PPOConfig = field(default_factory=PPOConfig, help="PPO stage (`rlaif ppo`)")
     sft: SFTConfig = field(default_factory=SFTConfig, help="supervised fine-tuning stage (`rlaif sft`)")
+    rm: RMConfig = field(default_factory=RMConfig, help="reward-model stage (`rlaif rm`, Bradley-Terry)")

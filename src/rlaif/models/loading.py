@@ -230,3 +230,19 @@ def is_decoder_only(config) -> bool:
     return config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and not getattr(
         config, "is_encoder_decoder", False
     ) and config.model_type not in {"bert", "roberta", "deberta", "deberta-v2", "electra", "xlm-roberta"}
+
+
+def disable_dropout(model: torch.nn.Module) -> None:
+    """Dropout off in modules and in attention layers that keep a float rate (Llama's `attention_dropout`).
+
+    PPO's ratio must be exactly 1 on the first minibatch, and resumed runs must replay exactly.
+    """
+    for mod in model.modules():
+        if isinstance(mod, torch.nn.Dropout):
+            mod.p = 0.0
+        for attr in ("attention_dropout", "dropout", "dropout_p", "attn_dropout"):
+            if isinstance(getattr(mod, attr, None), float):
+                setattr(mod, attr, 0.0)
+    for key in ("attention_dropout", "hidden_dropout", "dropout", "attn_pdrop", "resid_pdrop"):
+        if isinstance(getattr(model.config, key, None), float):
+            setattr(model.config, key, 0.0)

@@ -30,3 +30,7 @@ __all__ = [
 from .sft import IGNORE_INDEX, completion_labels, cosine_with_floor_lr, token_ce_sum  # noqa: E402
 
 __all__ += ["IGNORE_INDEX", "completion_labels", "cosine_with_floor_lr", "token_ce_sum"]
+
+from .rm import linear_with_floor_lr, pairwise_stats, reward_centering_penalty  # noqa: E402
+
+__all__ += ["linear_with_floor_lr", "pairwise_stats", "reward_centering_penalty"]

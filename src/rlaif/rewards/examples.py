@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 
+def _about_n_words(responses: list[str], n: int) -> list[float]:
+    return [1.0 - abs(len(r.split()) - n) / n for r in responses]
+
+
 def about_20_words(prompts: list[str], responses: list[str]) -> list[float]:
     """1 at exactly 20 words, falling linearly to 0 at 0 or 40 words (and below 0 past 40)."""
-    return [1.0 - abs(len(r.split()) - 20) / 20.0 for r in responses]
+    return _about_n_words(responses, 20)
+
+
+def about_10_words(prompts: list[str], responses: list[str]) -> list[float]:
+    """1 at exactly 10 words, falling linearly to 0 at 0 or 20 words (and below 0 past 20)."""
+    return _about_n_words(responses, 10)
 
 
 def mentions_question_word(prompts: list[str], responses: list[str]) -> list[float]:

@@ -68,6 +68,31 @@ class CallableReward:
         return torch.tensor(scores, dtype=torch.float32)
 
 
+def encode_reward_inputs(tokenizer, fmt: str, prompts: Sequence[str], responses: Sequence[str],
+                         max_length: int) -> dict[str, torch.Tensor]:
+    """The exact inputs a reward model sees, shared by `rlaif rm` (training) and `ModelReward` (PPO scoring).
+
+    fmt "pair" (encoder RMs): (question, answer) as a text pair, `longest_first` truncation to max_length.
+    fmt "chat" (decoder RMs): the user/assistant transcript in the tokenizer's chat template (ChatML
+    fallback), truncated on the left so the answer and its end-of-turn survive. Padding follows the
+    tokenizer's padding side (right for `ModelReward`: a decoder head reads the last non-pad token).
+    """
+    tok = tokenizer
+    if fmt == "pair":
+        return tok(list(prompts), list(responses), padding=True, truncation="longest_first",
+                   max_length=max_length, return_tensors="pt")
+    texts = []
+    for q, a in zip(prompts, responses):
+        chat = [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+        if getattr(tok, "chat_template", None):
+            texts.append(tok.apply_chat_template(chat, tokenize=False))
+        else:
+            texts.append(f"<|im_start|>user\n{q}<|im_end|>\n<|im_start|>assistant\n{a}<|im_end|>\n")
+    tok.truncation_side = "left"
+    return tok(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt",
+               add_special_tokens=False)
+
+
 class ModelReward:
     """A frozen `AutoModelForSequenceClassification` reward model.
 
@@ -88,20 +113,7 @@ class ModelReward:
         self.bias = float(getattr(self.model.config, "rlaif_reward_bias", 0.0) or 0.0)
 
     def encode(self, prompts: Sequence[str], responses: Sequence[str]) -> dict[str, torch.Tensor]:
-        tok = self.tokenizer
-        if self.format == "pair":
-            return tok(list(prompts), list(responses), padding=True, truncation="longest_first",
-                       max_length=self.max_length, return_tensors="pt")
-        texts = []
-        for q, a in zip(prompts, responses):
-            chat = [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
-            if getattr(tok, "chat_template", None):
-                texts.append(tok.apply_chat_template(chat, tokenize=False))
-            else:
-                texts.append(f"<|im_start|>user\n{q}<|im_end|>\n<|im_start|>assistant\n{a}<|im_end|>\n")
-        tok.truncation_side = "left"
-        return tok(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt",
-                   add_special_tokens=False)
+        return encode_reward_inputs(self.tokenizer, self.format, prompts, responses, self.max_length)
 
     @torch.no_grad()
     def __call__(self, prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:

@@ -30,7 +30,14 @@ from ..checkpoint import (
 from ..config import ConfigError, field
 from ..data.prompts import PromptRow, load_prompts
 from ..metrics import MetricsLogger
-from ..models.loading import load_causal_lm, load_sequence_classifier, load_tokenizer
+from ..models.loading import (
+    disable_dropout,
+    is_decoder_only,
+    load_causal_lm,
+    load_sequence_classifier,
+    load_tokenizer,
+    resolve_model,
+)
 from ..rewards.sources import EnsembleReward, check_finite, make_reward_source
 from ..rollout.generate import Rollout, sample_responses
 from ..rollout.scoring import response_logprobs, response_values, value_head
@@ -138,12 +145,25 @@ class Models:
     tokenizer: object
 
 
+def check_critic_source(cfg: PPOConfig) -> str:
+    """The critic's starting checkpoint; per-token values need a causal (decoder) backbone."""
+    from transformers import AutoConfig
+
+    src = cfg.value_model or (cfg.reward.model[0] if cfg.value_init == "reward" else cfg.policy)
+    if src != cfg.policy and not is_decoder_only(AutoConfig.from_pretrained(resolve_model(src))):
+        key = "ppo.value_model" if cfg.value_model else "ppo.value_init"
+        raise ConfigError(
+            f"config key '{key}': '{src}' is an encoder; a critic needs per-token values from a causal backbone "
+            "(use ppo.value_init=policy, or a decoder reward model)")
+    return src
+
+
 def build_models(cfg: PPOConfig, device: torch.device) -> Models:
+    critic_src = check_critic_source(cfg)
     tok = load_tokenizer(cfg.policy, padding_side="left")
     policy = load_causal_lm(cfg.policy, device=device)
     policy.config.pad_token_id = tok.pad_token_id
     reference = load_causal_lm(cfg.reference or cfg.policy, device=device).eval().requires_grad_(False)
-    critic_src = cfg.value_model or (cfg.reward.model[0] if cfg.value_init == "reward" else cfg.policy)
     value = load_sequence_classifier(critic_src, device=device, pad_token_id=tok.pad_token_id)
     if _is_causal_lm_checkpoint(value.config):
         # a fresh head on the policy backbone: start at V = 0 so the first advantages are reward-to-go,
@@ -152,22 +172,12 @@ def build_models(cfg: PPOConfig, device: torch.device) -> Models:
         if value_head(value).bias is not None:
             torch.nn.init.zeros_(value_head(value).bias)
     for m in (policy, value):
-        _disable_dropout(m)
+        disable_dropout(m)
     return Models(policy, reference, value, tok)
 
 
 def _is_causal_lm_checkpoint(config) -> bool:
     return any(a.endswith("ForCausalLM") for a in (getattr(config, "architectures", None) or []))
-
-
-def _disable_dropout(model: torch.nn.Module) -> None:
-    """PPO's ratio must be 1 on the first minibatch: no dropout anywhere."""
-    for mod in model.modules():
-        if isinstance(mod, torch.nn.Dropout):
-            mod.p = 0.0
-    for key in ("attention_dropout", "hidden_dropout", "dropout", "attn_pdrop", "resid_pdrop"):
-        if hasattr(model.config, key):
-            setattr(model.config, key, 0.0)
 
 
 class PromptStream:
@@ -481,9 +491,10 @@ def train(run: RunConfig, cfg: PPOConfig, resolved_config: dict | None = None) -
         row = metrics.log(it + 1, _iteration_metrics(sc, stats, seq_kl, beta_used, n_tok, n_trunc, dt,
                                                      t_gen, t_score, t_update))
         kl_shown = seq_kl if math.isfinite(seq_kl) else float("nan")
-        bar.set_postfix(reward=f"{row['reward_mean']:.3f}", kl=f"{kl_shown:.3f}", eos=f"{row['eos_rate']:.2f}")
+        bar.set_postfix(score=f"{row['score_mean'] if row['score_mean'] is not None else math.nan:.3f}", kl=f"{kl_shown:.3f}", eos=f"{row['eos_rate']:.2f}")
         if not run.progress:
-            log.info("iter %d/%d reward %.3f kl %.4f len %.1f eos %.2f %.1fs", it + 1, cfg.iterations,
+            log.info("iter %d/%d score %.3f (raw reward %.3f) kl %.4f len %.1f eos %.2f %.1fs", it + 1,
+                     cfg.iterations, row["score_mean"] if row["score_mean"] is not None else math.nan,
                      row["reward_mean"], kl_shown, row["response_length"], row["eos_rate"], dt)
 
         # 7. save: policy every save_every, resumable checkpoint every checkpoint_every

@@ -1,0 +1,367 @@
+"""Reward-model training on preference pairs (Bradley-Terry): the stage between AI labels and PPO (`rlaif rm`).
+
+The backbone is any `AutoModelForSequenceClassification` with one output: a decoder (SmolLM2 + a scalar head read
+at the last real token, shown the chat transcript) or an encoder (BERT / MiniLM / DeBERTa, shown (question,
+answer) as a text pair). The inputs come from `rewards.sources.encode_reward_inputs`, the very function PPO's
+`ModelReward` scores with, so training and PPO see identical tokens.
+
+Each optimizer step: 1) the next micro_batch_size x gradient_accumulation_steps pairs of a seeded epoch order;
+2) the learning rate of the step (linear warm-up, then linear or cosine down to a floor); 3) per micro-batch,
+chosen and rejected answers in one forward pass and the loss -log sigmoid(r_c - r_r - margin) (cross-entropy
+against `label_prob` for soft labels) + center_coef * mean((r_c + r_r)^2), each micro-batch's sum over pairs
+divided by the pairs of the whole step, so micro-batch 1 x accumulation 8 equals 8 x 1; 4) gradient clipping
+and AdamW; 5) held-out pairwise accuracy, loss and reward scale every `eval_every` steps; 6) metrics; 7)
+resumable checkpoints. After the last step the mean reward of the training `chosen` answers is stored as
+`rlaif_reward_bias` in the model config (ModelReward subtracts it, so chosen answers average 0), the model goes
+to `output_dir/model` (Hugging Face format with its tokenizer) and the scores to `output_dir/summary.json`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from tqdm.auto import tqdm
+
+from .. import ops
+from ..checkpoint import (
+    atomic_dir,
+    find_resume_checkpoint,
+    load_json,
+    save_checkpoint,
+    save_json,
+    torch_load,
+    torch_save,
+)
+from ..config import ConfigError, field
+from ..data.jsonl import DataError
+from ..data.preferences import PreferenceRow, load_preferences
+from ..data.sft import split_eval
+from ..metrics import MetricsLogger
+from ..models.loading import disable_dropout, is_decoder_only, load_sequence_classifier, load_tokenizer
+from ..rewards.sources import encode_reward_inputs
+from ..runtime import RunConfig, autocast_for, rng_state, seed_everything, set_rng_state, setup_run
+from .sft import BatchStream
+
+log = logging.getLogger("rlaif.rm")
+
+
+@dataclass
+class RMConfig:
+    model: str = field("smollm2-135m-instruct", help="backbone: built-in name (smollm2-135m-instruct, minilm-l6), "
+                       "folder or hub id; a decoder can also initialise PPO's critic (ppo.value_init=reward)")
+    data: str = field("", help="preference JSONL of {id, prompt | messages, chosen, rejected, label_prob?, "
+                      "margin?, judge?} rows (required)")
+    eval_data: str | None = field(None, help="held-out preference JSONL (None = eval_fraction of data)")
+    eval_fraction: float = field(0.1, help="fraction of `data` held out (seeded by run.seed) when eval_data is "
+                                 "None; 0 = no held-out accuracy")
+    eval_every: int = field(50, help="held-out accuracy every N optimizer steps (also before the first and "
+                            "after the last); 0 = only before and after")
+    eval_batch_size: int = field(16, help="pairs per held-out forward pass (also for the final bias pass)")
+    max_length: int = field(512, help="tokens per (question, answer) input; decoders keep the end (the answer), "
+                            "encoders cut the longer text; keep ppo.reward.max_length >= this")
+    epochs: int = field(1, help="passes over the training pairs (ignored when max_steps > 0)")
+    max_steps: int = field(0, help="optimizer steps to run; 0 = epochs x ceil(pairs / batch)")
+    micro_batch_size: int = field(4, help="pairs per forward/backward (2x as many sequences)")
+    gradient_accumulation_steps: int = field(8, help="micro-batches per optimizer step")
+    learning_rate: float = field(1e-5, help="peak AdamW learning rate")
+    lr_schedule: Literal["linear", "cosine"] = field("linear", help="decay after the warm-up, from the peak down "
+                                                      "to min_lr_ratio x peak on the last step")
+    min_lr_ratio: float = field(0.1, help="learning-rate floor as a fraction of the peak; 1 = constant")
+    warmup_steps: int = field(0, help="linear warm-up steps")
+    weight_decay: float = field(0.0, help="AdamW weight decay")
+    max_grad_norm: float = field(1.0, help="gradient clipping (global norm)")
+    margin: float = field(0.0, help="margin m in -log sigmoid(r_c - r_r - m); a row's own `margin` field wins")
+    use_label_prob: bool = field(True, help="soft labels: cross-entropy against a row's `label_prob` where "
+                                 "present (rows without it are hard labels); false = every row hard")
+    center_coef: float = field(0.0, help="reward centering: adds coef x mean((r_c + r_r)^2) (Eisenstein et al. "
+                               "2023 use 0.01); 0 = off")
+    disable_dropout: bool = field(True, help="train without dropout (deterministic rewards, exact resume)")
+    gradient_checkpointing: bool = field(False, help="trade compute for activation memory (long inputs on GPU)")
+    checkpoint_every: int = field(50, help="resumable checkpoint every N optimizer steps and at the end "
+                                  "(0 = never)")
+
+    def validate(self) -> None:
+        for key in ("epochs", "micro_batch_size", "gradient_accumulation_steps", "eval_batch_size"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"config key 'rm.{key}': must be >= 1")
+        for key in ("max_steps", "warmup_steps", "eval_every", "checkpoint_every"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"config key 'rm.{key}': must be >= 0")
+        if self.max_length < 4:
+            raise ConfigError("config key 'rm.max_length': must be >= 4")
+        if not self.learning_rate > 0:
+            raise ConfigError("config key 'rm.learning_rate': must be > 0")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ConfigError("config key 'rm.min_lr_ratio': must be in [0, 1]")
+        if not 0.0 <= self.eval_fraction < 1.0:
+            raise ConfigError("config key 'rm.eval_fraction': must be in [0, 1)")
+        if self.eval_data is not None and self.eval_fraction > 0:
+            raise ConfigError("config key 'rm.eval_fraction': set either rm.eval_data or rm.eval_fraction "
+                              "(rm.eval_fraction=0 with rm.eval_data)")
+        if self.center_coef < 0:
+            raise ConfigError("config key 'rm.center_coef': must be >= 0")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# helpers (each a step of the loop)
+
+
+@dataclass
+class RMData:
+    train: list[PreferenceRow]
+    eval: list[PreferenceRow]
+
+
+def read_data(cfg: RMConfig, seed: int) -> RMData:
+    """Read, validate and split every input file; bad rows fail here, before anything is written."""
+    cfg.validate()
+    if not cfg.data:
+        raise ConfigError("config key 'rm.data': set a preference JSONL file")
+    rows = load_preferences(cfg.data)
+    if cfg.eval_data is not None:
+        held = load_preferences(cfg.eval_data)
+    elif cfg.eval_fraction > 0:
+        if len(rows) < 2:
+            raise DataError(f"{cfg.data}: 1 pair cannot be split for rm.eval_fraction (set rm.eval_fraction=0)")
+        rows, held = split_eval(rows, cfg.eval_fraction, seed)  # type: ignore[arg-type]
+    else:
+        held = []
+    return RMData(rows, held)
+
+
+def rewards_of(model, tokenizer, fmt: str, prompts: Sequence[str], answers: Sequence[str], max_length: int,
+               device, amp) -> tuple[torch.Tensor, int]:
+    """(n,) float32 rewards (raw head outputs, no bias) of n (question, answer) inputs in one forward pass,
+    and how many inputs filled max_length (cut, or exactly that long)."""
+    enc = encode_reward_inputs(tokenizer, fmt, prompts, answers, max_length)
+    n_full = int((enc["attention_mask"].sum(1) >= max_length).sum())
+    enc = {k: v.to(device) for k, v in enc.items()}
+    extra = {"use_cache": False} if fmt == "chat" else {}
+    with amp():
+        logits = model(**enc, **extra).logits
+    return logits[:, 0].float(), n_full
+
+
+def pair_rewards(model, tokenizer, fmt: str, rows: list[PreferenceRow], max_length: int, device, amp
+                 ) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(b,) chosen and (b,) rejected rewards: the 2b answers share one forward pass."""
+    b = len(rows)
+    r, n_full = rewards_of(model, tokenizer, fmt, [x.prompt for x in rows] * 2,
+                           [x.chosen for x in rows] + [x.rejected for x in rows], max_length, device, amp)
+    return r[:b], r[b:], n_full
+
+
+def pair_loss(chosen: torch.Tensor, rejected: torch.Tensor, rows: list[PreferenceRow], cfg: RMConfig
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mean over the b pairs of (Bradley-Terry + center_coef * centering); also the two terms (0-dim)."""
+    margin = torch.tensor([cfg.margin if x.margin is None else x.margin for x in rows], device=chosen.device)
+    label = None
+    if cfg.use_label_prob and any(x.label_prob is not None for x in rows):
+        label = torch.tensor([1.0 if x.label_prob is None else x.label_prob for x in rows], device=chosen.device)
+    bt = ops.bradley_terry_loss(chosen, rejected, margin=margin, label_prob=label)
+    center = ops.reward_centering_penalty(chosen, rejected)
+    total = bt + cfg.center_coef * center if cfg.center_coef else bt
+    return total, bt, center
+
+
+def learning_rate(step: int, total: int, cfg: RMConfig) -> float:
+    schedule = ops.linear_with_floor_lr if cfg.lr_schedule == "linear" else ops.cosine_with_floor_lr
+    return schedule(step, total, cfg.learning_rate, cfg.min_lr_ratio, cfg.warmup_steps)
+
+
+def train_step(model, opt, tokenizer, fmt: str, rows: list[PreferenceRow], cfg: RMConfig, device, amp
+               ) -> dict[str, float]:
+    """Steps 3-4: per micro-batch, sum of pair losses / pairs of the whole step; clip; AdamW."""
+    model.train()
+    n_pairs = len(rows)  # the normaliser of the whole optimizer step
+    sums = {"loss": 0.0, "bt_loss": 0.0, "center_penalty": 0.0}
+    chosen_all, rejected_all, n_full = [], [], 0
+    for s in range(0, n_pairs, cfg.micro_batch_size):
+        part = rows[s:s + cfg.micro_batch_size]
+        chosen, rejected, full = pair_rewards(model, tokenizer, fmt, part, cfg.max_length, device, amp)
+        total, bt, center = pair_loss(chosen, rejected, part, cfg)
+        loss = total * (len(part) / n_pairs)  # mean over the micro-batch -> its share of the step's mean
+        if not torch.isfinite(loss):
+            opt.zero_grad(set_to_none=True)
+            raise FloatingPointError(f"loss is {loss.item()}")
+        loss.backward()
+        w = len(part) / n_pairs
+        sums["loss"] += loss.item()
+        sums["bt_loss"] += bt.item() * w
+        sums["center_penalty"] += center.item() * w
+        chosen_all.append(chosen.detach().cpu())
+        rejected_all.append(rejected.detach().cpu())
+        n_full += full
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+    if not torch.isfinite(norm):
+        opt.zero_grad(set_to_none=True)
+        raise FloatingPointError(f"non-finite gradient norm {norm.item()}")
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    stats = ops.pairwise_stats(torch.cat(chosen_all), torch.cat(rejected_all))
+    return {**sums, **stats, "grad_norm": float(norm), "pairs": n_pairs, "inputs_at_max_length": n_full}
+
+
+@torch.no_grad()
+def evaluate(model, tokenizer, fmt: str, rows: list[PreferenceRow], cfg: RMConfig, device, amp,
+             prefix: str = "eval_") -> dict[str, float]:
+    """Step 5: held-out pairwise accuracy, loss (pair-weighted over batches) and reward scale."""
+    model.eval()
+    chosen_all, rejected_all, bt_sum = [], [], 0.0
+    for s in range(0, len(rows), cfg.eval_batch_size):
+        part = rows[s:s + cfg.eval_batch_size]
+        chosen, rejected, _ = pair_rewards(model, tokenizer, fmt, part, cfg.max_length, device, amp)
+        bt_sum += pair_loss(chosen, rejected, part, cfg)[1].item() * len(part)
+        chosen_all.append(chosen.cpu())
+        rejected_all.append(rejected.cpu())
+    stats = ops.pairwise_stats(torch.cat(chosen_all), torch.cat(rejected_all))
+    return {f"{prefix}loss": bt_sum / len(rows), **{prefix + k: v for k, v in stats.items()},
+            f"{prefix}pairs": len(rows)}
+
+
+@torch.no_grad()
+def chosen_rewards(model, tokenizer, fmt: str, rows: list[PreferenceRow], cfg: RMConfig, device, amp
+                   ) -> torch.Tensor:
+    """(n,) raw rewards of the `chosen` answers (the bias pass after training)."""
+    model.eval()
+    out = []
+    for s in range(0, len(rows), cfg.eval_batch_size):
+        part = rows[s:s + cfg.eval_batch_size]
+        out.append(rewards_of(model, tokenizer, fmt, [x.prompt for x in part], [x.chosen for x in part],
+                              cfg.max_length, device, amp)[0].cpu())
+    return torch.cat(out)
+
+
+def _write_checkpoint(folder: Path, model, opt, state: dict) -> None:
+    model.save_pretrained(folder / "model")
+    torch_save(opt.state_dict(), folder / "optimizer.pt")
+    torch_save(rng_state(), folder / "rng.pt")
+    save_json(folder / "trainer_state.json", state)
+
+
+def save_reward_model(model, tokenizer, folder: Path, bias: float) -> None:
+    """The final RM in Hugging Face format with its tokenizer and `rlaif_reward_bias`, written atomically."""
+    model.config.rlaif_reward_bias = bias
+    with atomic_dir(folder) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the loop
+
+
+def train(run: RunConfig, cfg: RMConfig, resolved_config: dict | None = None, data: RMData | None = None) -> Path:
+    """Train a reward model; returns the folder of the final model (Hugging Face format, with the tokenizer).
+
+    `data`: rows already read by `read_data` (the CLI validates them before it writes anything).
+    """
+    cfg.validate()
+    data = data if data is not None else read_data(cfg, run.seed)  # bad input fails before any output
+    tokenizer = load_tokenizer(cfg.model, padding_side="right")  # as ModelReward loads it
+    out, device = setup_run(run)
+    seed_everything(run.seed)
+    amp = autocast_for(device, run.precision)
+    batch = cfg.micro_batch_size * cfg.gradient_accumulation_steps
+    stream = BatchStream(len(data.train), batch, run.seed)
+    total = cfg.max_steps or cfg.epochs * stream.steps_per_epoch
+
+    ckpt = find_resume_checkpoint(out, run.resume)
+    if ckpt is not None and (not (ckpt / "model" / "config.json").is_file()
+                             or load_json(ckpt / "trainer_state.json").get("stage") != "rm"):
+        raise ConfigError(f"config key 'run.output_dir': {ckpt} is not a reward-model checkpoint (another stage's "
+                          "run?); pick a fresh run.output_dir or set run.resume=never")
+    model = load_sequence_classifier(str(ckpt / "model") if ckpt is not None else cfg.model, device=device,
+                                     pad_token_id=tokenizer.pad_token_id)
+    fmt = "chat" if is_decoder_only(model.config) else "pair"  # ModelReward's input_format=auto
+    if cfg.disable_dropout:
+        disable_dropout(model)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        if fmt == "chat":
+            model.config.use_cache = False
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    metrics = MetricsLogger(out, run.report_to, resolved_config, step_key="step")
+    start = 0
+    if ckpt is not None:
+        opt.load_state_dict(torch_load(ckpt / "optimizer.pt"))
+        state = load_json(ckpt / "trainer_state.json")
+        set_rng_state(torch_load(ckpt / "rng.pt"))
+        start, stream.epoch, stream.offset = state["step"], state["epoch"], state["offset"]
+        if state.get("total_steps") != total:
+            log.warning("resuming a run planned for %s steps with %d steps: the schedule is recomputed",
+                        state.get("total_steps"), total)
+        log.info("resumed from %s (step %d)", ckpt, start)
+    metrics.truncate_after(start if ckpt is not None else -1)  # each step logged once, step 0 included
+    log.info("reward model %s (%s input), %d training pairs, %d held-out, %d steps of %d pairs", cfg.model, fmt,
+             len(data.train), len(data.eval), total, batch)
+
+    if data.eval and ckpt is None:  # held-out accuracy before any update (about 0.5 for a fresh head)
+        row = metrics.log(0, evaluate(model, tokenizer, fmt, data.eval, cfg, device, amp))
+        log.info("step 0 eval_accuracy %.3f eval_loss %.4f", row["eval_accuracy"], row["eval_loss"])
+    bar = tqdm(range(start, total), initial=start, total=total, desc="rm", disable=not run.progress,
+               dynamic_ncols=True)
+    last_eval: dict[str, float] | None = None
+    for step in bar:
+        t0 = time.perf_counter()
+        # 1. batch: the next pairs of this epoch's seeded order
+        rows = [data.train[i] for i in stream.take()]
+        # 2. learning rate of this step: linear warm-up, then linear or cosine down to the floor
+        lr = learning_rate(step, total, cfg)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        # 3-4. chosen + rejected forward, Bradley-Terry (+ centering) normalised by the step's pairs; clip; AdamW
+        try:
+            stats = train_step(model, opt, tokenizer, fmt, rows, cfg, device, amp)
+        except FloatingPointError as e:  # the last good checkpoint stays; no NaN weights are written
+            raise FloatingPointError(f"step {step + 1}: {e}") from None
+        dt = time.perf_counter() - t0
+        row = {**stats, "lr": lr, "epoch": stream.progress, "pairs_per_s": len(rows) / dt, "s_step": dt}
+        # 5. held-out accuracy, loss and reward scale
+        if data.eval and ((cfg.eval_every and (step + 1) % cfg.eval_every == 0) or step + 1 == total):
+            last_eval = evaluate(model, tokenizer, fmt, data.eval, cfg, device, amp, prefix="")
+            row.update({f"eval_{k}": v for k, v in last_eval.items()})
+        # 6. metrics
+        metrics.log(step + 1, row)
+        bar.set_postfix(loss=f"{row['loss']:.4f}", acc=f"{row['accuracy']:.2f}", lr=f"{lr:.2e}")
+        if not run.progress:
+            log.info("step %d/%d loss %.4f acc %.3f lr %.3g grad_norm %.3f%s", step + 1, total, row["loss"],
+                     row["accuracy"], lr, row["grad_norm"],
+                     f" eval_accuracy {row['eval_accuracy']:.3f}" if "eval_accuracy" in row else "")
+        # 7. resumable checkpoint
+        if cfg.checkpoint_every and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == total):
+            state = {"stage": "rm", "step": step + 1, "epoch": stream.epoch, "offset": stream.offset,
+                     "total_steps": total}
+            save_checkpoint(out, step + 1, lambda folder, state=state: _write_checkpoint(folder, model, opt, state),
+                            run.keep_checkpoints)
+    bar.close()
+    metrics.close()
+
+    # the bias: training `chosen` answers average 0 once ModelReward subtracts it
+    train_chosen = chosen_rewards(model, tokenizer, fmt, data.train, cfg, device, amp)
+    bias = train_chosen.mean().item()
+    final = out / "model"
+    save_reward_model(model, tokenizer, final, bias)
+    summary = {"model": cfg.model, "input_format": fmt, "steps": total, "train_pairs": len(data.train),
+               "eval_pairs": len(data.eval), "rlaif_reward_bias": bias,
+               "train_chosen_reward_std": train_chosen.std().item() if len(train_chosen) > 1 else 0.0,
+               "eval": None}
+    if data.eval:
+        ev = dict(last_eval) if last_eval is not None else evaluate(model, tokenizer, fmt, data.eval, cfg, device,
+                                                                     amp, prefix="")
+        for k in ("reward_mean", "chosen_mean", "rejected_mean"):  # as PPO will see them: bias subtracted
+            ev[k] -= bias
+        summary["eval"] = ev
+        log.info("held-out accuracy %.3f, margin %.4g, reward std %.4g (bias %.4g)", ev["accuracy"],
+                 ev["margin_mean"], ev["reward_std"], bias)
+    save_json(out / "summary.json", summary)
+    return final
+
+
+__all__ = ["RMConfig", "RMData", "read_data", "train", "evaluate", "pair_rewards", "rewards_of"]
