@@ -205,6 +205,13 @@ def describe(cls: type, prefix: str = "") -> list[str]:
     return lines
 
 
+def require_min(obj: Any, section: str, minimum: float, *keys: str) -> None:
+    """Raise ConfigError naming `section.key` for the first key whose value is below `minimum`."""
+    for key in keys:
+        if getattr(obj, key) < minimum:
+            raise ConfigError(f"config key '{section}.{key}': must be >= {minimum}")
+
+
 def get_path(obj: Any, dotted: str) -> Any:
     for p in dotted.split("."):
         obj = getattr(obj, p)
@@ -221,4 +228,5 @@ __all__ = [
     "describe",
     "parse_overrides",
     "get_path",
+    "require_min",
 ]

@@ -14,7 +14,7 @@ import torch
 from rlaif.config import load_config
 from rlaif.configs import RootConfig
 from rlaif.metrics import read_metrics
-from rlaif.stages import ppo
+from rlaif.stages import ppo, ppo_updates
 
 REWARDS = Path(__file__).resolve().parents[1] / "stages" / "rewards_for_tests.py"
 
@@ -22,7 +22,7 @@ REWARDS = Path(__file__).resolve().parents[1] / "stages" / "rewards_for_tests.py
 def _run(out: Path, policy: str, prompts: str, micro: int, accum: int, monkeypatch) -> dict:
     rec: dict = {"models": None, "grad_policy_rows": [], "grad_value_rows": [], "steps": [], "lengths": None}
     build, sample = ppo.build_models, ppo.sample_responses
-    logprobs, values, step = ppo.response_logprobs, ppo.response_values, ppo._step
+    logprobs, values, step = ppo_updates.response_logprobs, ppo_updates.response_values, ppo_updates._step
 
     def build_models(cfg, device):
         m = build(cfg, device)
@@ -53,9 +53,9 @@ def _run(out: Path, policy: str, prompts: str, micro: int, accum: int, monkeypat
     with monkeypatch.context() as mp:
         mp.setattr(ppo, "build_models", build_models)
         mp.setattr(ppo, "sample_responses", sample_responses)
-        mp.setattr(ppo, "response_logprobs", response_logprobs)
-        mp.setattr(ppo, "response_values", response_values)
-        mp.setattr(ppo, "_step", counting_step)
+        mp.setattr(ppo_updates, "response_logprobs", response_logprobs)  # the updates' forward passes
+        mp.setattr(ppo_updates, "response_values", response_values)
+        mp.setattr(ppo_updates, "_step", counting_step)
         cfg = load_config(RootConfig, None, [
             f"run.output_dir={out}", "run.progress=false", "run.seed=0", f"ppo.policy={policy}",
             f"ppo.prompts={prompts}", f"ppo.reward.function={REWARDS}:length_reward", "ppo.iterations=1",

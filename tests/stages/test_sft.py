@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import sys
-import types
 from pathlib import Path
 
 import pytest
@@ -189,21 +188,18 @@ def test_datasets_folder_without_the_package_is_a_clear_error(tmp_path, monkeypa
         load_sft_rows(str(folder))
 
 
-def test_datasets_folder_rows(tmp_path, monkeypatch):
-    """A `save_to_disk` folder is read through `datasets.load_from_disk` (faked here: not a dependency)."""
-    folder = tmp_path / "ds"
-    folder.mkdir()
-    (folder / "state.json").write_text("{}")
-    data = [{"prompt": "Q1", "completion": "A1"}, {"prompt": "Q2", "chosen": "A2", "rejected": "B2"},
-            {"prompt": "Q3", "completion": None}]
-    fake = types.ModuleType("datasets")
-    fake.load_from_disk = lambda path: {"train": data}  # a DatasetDict-like mapping without .features
-    monkeypatch.setitem(sys.modules, "datasets", fake)
-    with pytest.raises(DataError, match=r"ds: row 2: field 'completion' must be a string"):
-        load_sft_rows(str(folder))
-    data.pop()
-    rows = load_sft_rows(str(folder))
-    assert [(r.id, r.completion) for r in rows] == [("row-0", "A1"), ("row-1", "A2")]
+def test_datasets_folder_rows(tmp_path):
+    """A real `Dataset.save_to_disk` folder (single split and a DatasetDict with a train split)."""
+    datasets = pytest.importorskip("datasets")
+    rows = [{"prompt": "Q1", "completion": "A1", "chosen": None, "rejected": None},
+            {"prompt": "Q2", "completion": None, "chosen": "A2", "rejected": "B2"}]
+    datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "ds"))
+    got = load_sft_rows(str(tmp_path / "ds"))
+    assert [(r.id, r.completion) for r in got] == [("row-0", "A1"), ("row-1", "A2")]
+    bad = rows + [{"prompt": "Q3", "completion": None, "chosen": None, "rejected": None}]
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(bad)}).save_to_disk(str(tmp_path / "dd"))
+    with pytest.raises(DataError, match=r"dd: row 2: .*'completion'"):
+        load_sft_rows(str(tmp_path / "dd"))
 
 
 # ---------------------------------------------------------------- config / CLI

@@ -105,7 +105,8 @@ def _dataset_objects(path: Path) -> Iterator[tuple[str, str, dict[str, Any]]]:
     for i, obj in enumerate(ds):
         if not isinstance(obj, dict):
             raise DataError(f"{path}: row {i}: expected a mapping, got {type(obj).__name__}")
-        yield f"{path}: row {i}", f"row-{i}", obj
+        # columnar storage: a column a row does not use holds None; treat it as absent, as in JSONL
+        yield f"{path}: row {i}", f"row-{i}", {k: v for k, v in obj.items() if v is not None}
 
 
 def _is_dataset_folder(path: Path) -> bool:

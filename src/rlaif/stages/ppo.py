@@ -27,7 +27,7 @@ from ..checkpoint import (
     torch_load,
     torch_save,
 )
-from ..config import ConfigError, field
+from ..config import ConfigError, field, require_min
 from ..data.prompts import PromptRow, load_prompts
 from ..metrics import MetricsLogger
 from ..models.loading import (
@@ -42,6 +42,7 @@ from ..rewards.sources import EnsembleReward, check_finite, make_reward_source
 from ..rollout.generate import Rollout, sample_responses
 from ..rollout.scoring import response_logprobs, response_values, value_head
 from ..runtime import RunConfig, autocast_for, rng_state, seed_everything, set_rng_state, setup_run
+from .ppo_updates import policy_update, value_update
 
 log = logging.getLogger("rlaif.ppo")
 
@@ -115,10 +116,8 @@ class PPOConfig:
 
     def validate(self) -> None:
         mb = self.micro_batch_size * self.gradient_accumulation_steps
-        for key in ("iterations", "batch_size", "micro_batch_size", "gradient_accumulation_steps",
-                    "forward_batch_size", "ppo_epochs"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"config key 'ppo.{key}': must be >= 1")
+        require_min(self, "ppo", 1, "iterations", "batch_size", "micro_batch_size", "gradient_accumulation_steps",
+                    "forward_batch_size", "ppo_epochs")
         if self.batch_size % mb:
             raise ConfigError(
                 f"config key 'ppo.batch_size': {self.batch_size} is not a multiple of micro_batch_size x "
@@ -244,113 +243,6 @@ def apply_eos_policy(raw: torch.Tensor, ended: torch.Tensor, cfg: PPOConfig) -> 
     if cfg.missing_eos == "keep":
         return scores, torch.ones_like(ended)
     return scores, ended.clone()
-
-
-def _step(optimizer, model, max_norm: float) -> float:
-    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
-    if not torch.isfinite(norm):
-        optimizer.zero_grad(set_to_none=True)
-        raise FloatingPointError(f"non-finite gradient norm {norm.item()}")
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return float(norm)
-
-
-def _minibatches(n: int, cfg: PPOConfig, gen: torch.Generator):
-    """Yield lists of micro-batch index tensors, one list per optimizer step, for every epoch."""
-    mb = cfg.micro_batch_size * cfg.gradient_accumulation_steps
-    for _ in range(cfg.ppo_epochs):
-        perm = torch.randperm(n, generator=gen)
-        for s in range(0, n, mb):
-            idx = perm[s:s + mb]
-            yield [idx[m:m + cfg.micro_batch_size] for m in range(0, len(idx), cfg.micro_batch_size)]
-
-
-class TokenWeighted:
-    """Token-weighted means of per-micro-batch statistics, so logged figures do not depend on micro-batching."""
-
-    def __init__(self) -> None:
-        self.sums: dict[str, float] = {}
-        self.weights: dict[str, float] = {}
-
-    def add(self, name: str, mean: torch.Tensor | float, n_tokens: float) -> None:
-        self.sums[name] = self.sums.get(name, 0.0) + float(mean) * n_tokens
-        self.weights[name] = self.weights.get(name, 0.0) + n_tokens
-
-    def result(self) -> dict[str, float]:
-        return {k: self.sums[k] / self.weights[k] for k in self.sums if self.weights[k] > 0}
-
-
-def value_update(models: Models, opt, sc: Scored, cfg: PPOConfig, device, amp, gen) -> dict[str, float]:
-    """Step B: critic regression to the GAE returns, clipped around the rollout values."""
-    models.value.train()
-    stats: dict[str, list[float]] = {"value_loss": [], "value_grad_norm": []}
-    tw = TokenWeighted()
-    return_std = ops.masked_var(sc.returns, sc.mask).sqrt().item() if cfg.value_loss == "sigma" else None
-    for micro in _minibatches(len(sc.rollout), cfg, gen):
-        n_tokens = sum(sc.mask[i].sum() for i in micro).clamp(min=1.0)
-        total = 0.0
-        for idx in micro:
-            r = sc.rollout.select(idx)
-            args = [t.to(device) for t in (r.prompt_ids, r.prompt_mask, r.response_ids, r.response_mask)]
-            with amp():
-                v = response_values(models.value, *args)
-            loss, st = ops.ppo_value_loss(
-                v.float(), sc.values[idx].to(device), sc.returns[idx].to(device), sc.mask[idx].to(device),
-                cfg.value_clip_eps, normalizer=n_tokens.to(device), return_std=return_std,
-            )
-            _check_finite_loss(loss, "value loss")
-            loss.backward()
-            total += loss.item()
-            tw.add("vf_clipfrac", st["vf_clipfrac"], float(sc.mask[idx].sum()))
-        stats["value_grad_norm"].append(_step(opt, models.value, cfg.max_grad_norm))
-        stats["value_loss"].append(total)
-    return {**{k: sum(v) / max(1, len(v)) for k, v in stats.items()}, **tw.result()}
-
-
-def policy_update(models: Models, opt, sc: Scored, kl_coef: float, cfg: PPOConfig, device, amp, gen
-                  ) -> dict[str, float]:
-    """Step C: clipped surrogate on whitened advantages (+ beta * exact KL when kl_mode=loss)."""
-    models.policy.train()
-    stats: dict[str, list[float]] = {k: [] for k in ("policy_loss", "policy_grad_norm", "ratio_max")}
-    tw = TokenWeighted()
-    for micro in _minibatches(len(sc.rollout), cfg, gen):
-        n_tokens = sum(sc.mask[i].sum() for i in micro).clamp(min=1.0)
-        total = 0.0
-        for idx in micro:
-            r = sc.rollout.select(idx)
-            args = [t.to(device) for t in (r.prompt_ids, r.prompt_mask, r.response_ids, r.response_mask)]
-            mask = sc.mask[idx].to(device)
-            with amp():
-                lp, ent, logits = response_logprobs(models.policy, *args, cfg.generation.temperature,
-                                                    with_entropy=True)
-            loss, st = ops.ppo_policy_loss(lp.float(), sc.logprobs[idx].to(device), sc.advantages[idx].to(device),
-                                           mask, cfg.clip_eps, normalizer=n_tokens.to(device))
-            if cfg.kl_mode == "loss":
-                with torch.no_grad(), amp():
-                    ref_logits = response_logprobs(models.reference, *args, cfg.generation.temperature)[2]
-                full_kl = ops.full_kl_from_logits(logits, ref_logits, cfg.generation.temperature)
-                kl_term = ops.masked_sum(full_kl, mask) / n_tokens.to(device)
-                loss = loss + kl_coef * kl_term
-                tw.add("kl_loss", ops.masked_mean(full_kl.detach(), mask), float(mask.sum()))
-            _check_finite_loss(loss, "policy loss")
-            loss.backward()
-            total += loss.item()
-            n = float(mask.sum())
-            tw.add("clipfrac", st["clipfrac"], n)
-            tw.add("approx_kl", st["approx_kl"], n)
-            tw.add("entropy", ops.masked_mean(ent, mask), n)
-            stats["ratio_max"].append(st["ratio_max"].item())
-        stats["policy_grad_norm"].append(_step(opt, models.policy, cfg.max_grad_norm))
-        stats["policy_loss"].append(total)
-    out = {k: sum(v) / len(v) for k, v in stats.items() if v}
-    out["ratio_max"] = max(stats["ratio_max"])
-    return {**out, **tw.result()}
-
-
-def _check_finite_loss(loss: torch.Tensor, what: str) -> None:
-    if not torch.isfinite(loss):
-        raise FloatingPointError(f"{what} is {loss.item()}")
 
 
 def compute_advantages(sc_parts: dict, cfg: PPOConfig, kl_coef: float) -> dict:

@@ -38,7 +38,7 @@ from ..checkpoint import (
     torch_load,
     torch_save,
 )
-from ..config import ConfigError, field
+from ..config import ConfigError, field, require_min
 from ..data.jsonl import DataError
 from ..data.preferences import PreferenceRow, load_preferences
 from ..data.sft import split_eval
@@ -87,12 +87,8 @@ class RMConfig:
                                   "(0 = never)")
 
     def validate(self) -> None:
-        for key in ("epochs", "micro_batch_size", "gradient_accumulation_steps", "eval_batch_size"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"config key 'rm.{key}': must be >= 1")
-        for key in ("max_steps", "warmup_steps", "eval_every", "checkpoint_every"):
-            if getattr(self, key) < 0:
-                raise ConfigError(f"config key 'rm.{key}': must be >= 0")
+        require_min(self, "rm", 1, "epochs", "micro_batch_size", "gradient_accumulation_steps", "eval_batch_size")
+        require_min(self, "rm", 0, "max_steps", "warmup_steps", "eval_every", "checkpoint_every")
         if self.max_length < 4:
             raise ConfigError("config key 'rm.max_length': must be >= 4")
         if not self.learning_rate > 0:

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from .. import ops
 from ..checkpoint import find_resume_checkpoint, load_json, save_checkpoint, save_json, torch_load, torch_save
-from ..config import ConfigError, field
+from ..config import ConfigError, field, require_min
 from ..data.jsonl import DataError
 from ..data.sft import Encoded, collate, encode_rows, load_sft_rows, split_eval
 from ..metrics import MetricsLogger
@@ -59,12 +59,8 @@ class SFTConfig:
                                   "(0 = never)")
 
     def validate(self) -> None:
-        for key in ("epochs", "micro_batch_size", "gradient_accumulation_steps", "eval_batch_size"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"config key 'sft.{key}': must be >= 1")
-        for key in ("max_steps", "warmup_steps", "eval_every", "checkpoint_every"):
-            if getattr(self, key) < 0:
-                raise ConfigError(f"config key 'sft.{key}': must be >= 0")
+        require_min(self, "sft", 1, "epochs", "micro_batch_size", "gradient_accumulation_steps", "eval_batch_size")
+        require_min(self, "sft", 0, "max_steps", "warmup_steps", "eval_every", "checkpoint_every")
         if self.max_length < 2:
             raise ConfigError("config key 'sft.max_length': must be >= 2 (a prompt token and an answer token)")
         if not self.learning_rate > 0:
