@@ -184,10 +184,13 @@ class PromptStream:
 
     def __init__(self, rows: list[PromptRow], seed: int, position: int = 0):
         self.rows, self.seed, self.position = rows, seed, position
+        self._epoch_order: tuple[int, list[int]] = (-1, [])
 
     def _order(self, epoch: int) -> list[int]:
-        g = torch.Generator().manual_seed(self.seed * 100003 + epoch)
-        return torch.randperm(len(self.rows), generator=g).tolist()
+        if self._epoch_order[0] != epoch:  # one permutation per pass over the data
+            g = torch.Generator().manual_seed(self.seed * 100003 + epoch)
+            self._epoch_order = (epoch, torch.randperm(len(self.rows), generator=g).tolist())
+        return self._epoch_order[1]
 
     def take(self, n: int) -> list[PromptRow]:
         out = []
