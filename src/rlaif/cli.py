@@ -15,6 +15,8 @@ STAGES = {
     "ppo": "PPO on prompts with a reward model, a Python reward or (later) a judge",
     "sft": "supervised fine-tuning on (prompt, answer) rows, loss on the answer tokens only",
     "rm": "reward model (Bradley-Terry) on {prompt, chosen, rejected} preference rows",
+    "label": "sample answer pairs and label them with an AI judge in both orders (preference rows for `rm`)",
+    "judge-audit": "measure a judge on a gold set: accuracy, position consistency, first-position bias",
 }
 
 
@@ -114,6 +116,19 @@ def _run(command: str, cfg, save_config, to_dict) -> int:
     if command == "rm":
         final = rm.train(cfg.run, cfg.rm, to_dict(cfg), data=rm_data)
         print(f"reward model saved to {final} (scores in {out / 'summary.json'})")
+        return 0
+    if command == "label":
+        from .stages import label
+
+        final = label.train(cfg.run, cfg.label, to_dict(cfg))
+        print(Path(cfg.run.output_dir, "label_summary.json").read_text(encoding="utf-8"))
+        print(f"preferences in {final}")
+        return 0
+    if command == "judge-audit":
+        from .stages import audit
+
+        audit.run_audit(cfg.run, cfg.judge_audit, to_dict(cfg))  # prints the table; the verdict is output
+        print(f"report in {out / 'audit.json'}")
         return 0
     raise AssertionError(command)  # pragma: no cover
 

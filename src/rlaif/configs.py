@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 from .config import field
 from .runtime import RunConfig
+from .stages.audit import AuditConfig
+from .stages.label import LabelConfig
 from .stages.ppo import PPOConfig
 from .stages.rm import RMConfig
 from .stages.sft import SFTConfig
@@ -17,3 +19,7 @@ class RootConfig:
     ppo: PPOConfig = field(default_factory=PPOConfig, help="PPO stage (`rlaif ppo`)")
     sft: SFTConfig = field(default_factory=SFTConfig, help="supervised fine-tuning stage (`rlaif sft`)")
     rm: RMConfig = field(default_factory=RMConfig, help="reward-model stage (`rlaif rm`, Bradley-Terry)")
+    label: LabelConfig = field(default_factory=LabelConfig, help="AI-feedback labels (`rlaif label`): sample, "
+                               "judge both orders, write preference rows")
+    judge_audit: AuditConfig = field(default_factory=AuditConfig, help="judge audit on a gold set "
+                                     "(`rlaif judge-audit`)")

@@ -1,0 +1,136 @@
+"""The judge protocol and position-debiased pairwise labelling (Lee et al. 2023, arXiv 2309.00267).
+
+A pairwise judge answers one question for one ordering: the probability that the FIRST answer shown is better
+than the SECOND. Asking in both orders and averaging cancels a judge's position bias:
+
+    label_prob = P(a better) = ½ · (p_ab + 1 − p_ba)
+
+where p_ab = P(first better | a shown first) and p_ba = P(first better | b shown first).
+
+Backends take whole lists, so a backend decides its own batching: a local model runs batched forward passes,
+an API backend can fan the calls out concurrently (e.g. `asyncio.run(gather(...))` inside
+`prob_first_better`) and still return one `JudgeCall` per pair, in order.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol, runtime_checkable
+
+
+@dataclass
+class JudgeCall:
+    """One judgement of one ordering."""
+
+    prob: float  # P(first answer better), in [0, 1]
+    raw: str | None = None  # the judge's raw output (top token, completion text); None when there is none
+    tokens: int = 0  # tokens the judge read and wrote for this call
+    latency_s: float = 0.0  # wall time attributed to this call
+    parse_failed: bool = False  # output could not be read as a verdict (prob is then 0.5)
+
+
+@runtime_checkable
+class PairwiseJudge(Protocol):
+    """What every backend provides. `id` names the judge in labels; `metadata()` goes into every row."""
+
+    id: str
+
+    def prob_first_better(self, prompts: Sequence[str], firsts: Sequence[str], seconds: Sequence[str],
+                          references: Sequence[str | None] | None = None) -> list[JudgeCall]:
+        ...
+
+    def metadata(self) -> dict[str, Any]:
+        ...
+
+
+@dataclass
+class PairVerdict:
+    """Both orders of one pair (a, b), debiased."""
+
+    label_prob: float  # P(a better) = ½(p_ab + 1 − p_ba)
+    p_ab: float  # P(first better) with a first
+    p_ba: float  # P(first better) with b first
+    consistent: bool  # the same winner in both orders (both ties count as consistent)
+    first_ab: bool | None  # the first position won with a first (None: a tie, 0.5)
+    first_ba: bool | None  # the first position won with b first (None: a tie)
+    tokens: int
+    latency_s: float
+    parse_failures: int  # 0, 1 or 2
+    raw_ab: str | None = None
+    raw_ba: str | None = None
+
+    @property
+    def tie(self) -> bool:
+        return abs(self.label_prob - 0.5) < 1e-9
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _winner(p_first: float, first: str, second: str) -> str:
+    if p_first > 0.5:
+        return first
+    if p_first < 0.5:
+        return second
+    return "tie"
+
+
+def check_prob(p: float, who: str) -> float:
+    p = float(p)
+    if not math.isfinite(p) or not 0.0 <= p <= 1.0:
+        raise ValueError(f"judge {who} returned {p!r}; P(first better) must be a number in [0, 1]")
+    return p
+
+
+def combine_orders(p_ab: float, p_ba: float) -> tuple[float, bool, bool | None, bool | None]:
+    """(label_prob, consistent, first_ab, first_ba) from the two one-order probabilities."""
+    label = 0.5 * (p_ab + 1.0 - p_ba)
+    consistent = _winner(p_ab, "a", "b") == _winner(p_ba, "b", "a")
+    first_ab = None if p_ab == 0.5 else p_ab > 0.5
+    first_ba = None if p_ba == 0.5 else p_ba > 0.5
+    return label, consistent, first_ab, first_ba
+
+
+def judge_pairs_both_orders(judge: PairwiseJudge, prompts: Sequence[str], a: Sequence[str], b: Sequence[str],
+                            references: Sequence[str | None] | None = None) -> list[PairVerdict]:
+    """Judge every (a_i, b_i) as (a, b) and as (b, a) in one call of each order; one verdict per pair."""
+    n = len(prompts)
+    if not len(a) == len(b) == n or (references is not None and len(references) != n):
+        raise ValueError("judge_pairs_both_orders: prompts, a, b (and references) must have the same length")
+    if n == 0:
+        return []
+    refs = list(references) if references is not None else None
+    calls = judge.prob_first_better(list(prompts) * 2, list(a) + list(b), list(b) + list(a),
+                                    refs * 2 if refs is not None else None)
+    if len(calls) != 2 * n:
+        raise ValueError(f"judge {judge.id} returned {len(calls)} judgements for {2 * n} orderings")
+    out = []
+    for i in range(n):
+        ab, ba = calls[i], calls[n + i]
+        p_ab, p_ba = check_prob(ab.prob, judge.id), check_prob(ba.prob, judge.id)
+        label, consistent, first_ab, first_ba = combine_orders(p_ab, p_ba)
+        out.append(PairVerdict(label, p_ab, p_ba, consistent, first_ab, first_ba, ab.tokens + ba.tokens,
+                               ab.latency_s + ba.latency_s, int(ab.parse_failed) + int(ba.parse_failed),
+                               ab.raw, ba.raw))
+    return out
+
+
+def verdict_stats(verdicts: Sequence[PairVerdict]) -> dict[str, Any]:
+    """Position-consistency rate, first-position preference rate (over decided orderings), tie rate, totals."""
+    n = len(verdicts)
+    decided = [f for v in verdicts for f in (v.first_ab, v.first_ba) if f is not None]
+    return {
+        "pairs": n,
+        "consistency_rate": sum(v.consistent for v in verdicts) / n if n else None,
+        "first_position_rate": sum(decided) / len(decided) if decided else None,
+        "tie_rate": sum(v.tie for v in verdicts) / n if n else None,
+        "parse_failures": sum(v.parse_failures for v in verdicts),
+        "tokens": sum(v.tokens for v in verdicts),
+        "judge_time_s": round(sum(v.latency_s for v in verdicts), 3),
+    }
+
+
+__all__ = ["JudgeCall", "PairwiseJudge", "PairVerdict", "judge_pairs_both_orders", "combine_orders",
+           "verdict_stats", "check_prob"]
