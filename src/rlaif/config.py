@@ -212,6 +212,21 @@ def require_min(obj: Any, section: str, minimum: float, *keys: str) -> None:
             raise ConfigError(f"config key '{section}.{key}': must be >= {minimum}")
 
 
+def check_training_fields(obj: Any, section: str) -> None:
+    """The checks every supervised stage (sft, rm) shares: step counts, learning rate, floor, held-out split."""
+    require_min(obj, section, 1, "epochs", "micro_batch_size", "gradient_accumulation_steps", "eval_batch_size")
+    require_min(obj, section, 0, "max_steps", "warmup_steps", "eval_every", "checkpoint_every")
+    if not obj.learning_rate > 0:
+        raise ConfigError(f"config key '{section}.learning_rate': must be > 0")
+    if not 0.0 <= obj.min_lr_ratio <= 1.0:
+        raise ConfigError(f"config key '{section}.min_lr_ratio': must be in [0, 1]")
+    if not 0.0 <= obj.eval_fraction < 1.0:
+        raise ConfigError(f"config key '{section}.eval_fraction': must be in [0, 1)")
+    if obj.eval_data is not None and obj.eval_fraction > 0:
+        raise ConfigError(f"config key '{section}.eval_fraction': set either {section}.eval_data or "
+                          f"{section}.eval_fraction ({section}.eval_fraction=0 with {section}.eval_data)")
+
+
 def get_path(obj: Any, dotted: str) -> Any:
     for p in dotted.split("."):
         obj = getattr(obj, p)
@@ -229,4 +244,5 @@ __all__ = [
     "parse_overrides",
     "get_path",
     "require_min",
+    "check_training_fields",
 ]

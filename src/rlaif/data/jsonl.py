@@ -52,3 +52,16 @@ def append_jsonl(path: str | Path, obj: dict[str, Any]) -> None:
         fh.write(json.dumps(obj, ensure_ascii=False) + "\n")
         fh.flush()
         os.fsync(fh.fileno())
+
+
+def collect_unique(rows_with_where, empty_message: str) -> list:
+    """Rows (each with an `id`) in order; a repeated id names both places; no rows at all is an error."""
+    rows, seen = [], {}
+    for where, row in rows_with_where:
+        if row.id in seen:
+            raise DataError(f"{where}: field 'id' duplicates '{row.id}' from {seen[row.id]}")
+        seen[row.id] = where
+        rows.append(row)
+    if not rows:
+        raise DataError(empty_message)
+    return rows

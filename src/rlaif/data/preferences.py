@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .jsonl import DataError, iter_jsonl, require_str
-from .prompts import _messages
+from .jsonl import DataError, collect_unique, iter_jsonl, require_str
+from .prompts import parse_messages
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ def row_from_object(obj: dict[str, Any], where: str, fallback_id: str) -> Prefer
     if "prompt" in obj:
         prompt = require_str(obj, "prompt", where)
     elif "messages" in obj:
-        prompt = _messages(obj, where)[-1][1]
+        prompt = parse_messages(obj, where)[-1][1]
     else:
         raise DataError(f"{where}: missing field 'prompt' (or 'messages')")
     chosen = require_str(obj, "chosen", where)
@@ -71,18 +71,9 @@ def load_preferences(arg: str | Path) -> list[PreferenceRow]:
     path = Path(arg).expanduser()
     if path.is_dir():
         raise DataError(f"{path}: a folder; preferences are a JSONL file")
-    rows: list[PreferenceRow] = []
-    seen: dict[str, str] = {}
-    for lineno, obj in iter_jsonl(path):
-        where = f"{path}:{lineno}"
-        row = row_from_object(obj, where, f"line-{lineno}")
-        if row.id in seen:
-            raise DataError(f"{where}: field 'id' duplicates '{row.id}' from {seen[row.id]}")
-        seen[row.id] = where
-        rows.append(row)
-    if not rows:
-        raise DataError(f"{path}: no preference rows (the file is empty)")
-    return rows
+    return collect_unique(
+        ((f"{path}:{n}", row_from_object(obj, f"{path}:{n}", f"line-{n}")) for n, obj in iter_jsonl(path)),
+        f"{path}: no preference rows (the file is empty)")
 
 
 __all__ = ["PreferenceRow", "load_preferences", "row_from_object"]

@@ -35,7 +35,7 @@ def resolve_prompts_path(arg: str) -> Path:
     return Path(arg)
 
 
-def _messages(obj: dict, where: str) -> tuple[tuple[str, str], ...]:
+def parse_messages(obj: dict, where: str) -> tuple[tuple[str, str], ...]:
     msgs = obj["messages"]
     if not isinstance(msgs, list) or not msgs:
         raise DataError(f"{where}: field 'messages' must be a non-empty list")
@@ -59,7 +59,7 @@ def load_prompts(arg: str) -> list[PromptRow]:
     for lineno, obj in iter_jsonl(path):
         where = f"{path}:{lineno}"
         if "messages" in obj:
-            messages = _messages(obj, where)
+            messages = parse_messages(obj, where)
         elif "prompt" in obj:
             messages = (("user", require_str(obj, "prompt", where)),)
         else:

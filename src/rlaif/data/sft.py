@@ -19,8 +19,8 @@ import torch
 
 from ..ops.sft import completion_labels
 from ..rollout.generate import chat_prompt_ids
-from .jsonl import DataError, iter_jsonl, require_str
-from .prompts import BUILTIN_PROMPTS, PromptRow, _messages, load_prompts
+from .jsonl import DataError, collect_unique, iter_jsonl, require_str
+from .prompts import BUILTIN_PROMPTS, PromptRow, load_prompts, parse_messages
 
 END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>")
 
@@ -61,11 +61,11 @@ def _row_from_object(obj: dict[str, Any], where: str, fallback_id: str) -> SFTRo
         if ("completion" not in obj and "chosen" not in obj and isinstance(last, dict)
                 and last.get("role") == "assistant"):
             completion = require_str(last, "content", f"{where}: messages[{len(msgs) - 1}]")
-            messages = _messages({"messages": msgs[:-1]}, where) if len(msgs) > 1 else None
+            messages = parse_messages({"messages": msgs[:-1]}, where) if len(msgs) > 1 else None
             if messages is None:
                 raise DataError(f"{where}: field 'messages' holds only the assistant turn (no prompt)")
         else:
-            messages = _messages(obj, where)
+            messages = parse_messages(obj, where)
             completion = None
     elif "prompt" in obj:
         messages = (("user", require_str(obj, "prompt", where)),)
@@ -131,17 +131,8 @@ def load_sft_rows(arg: str) -> list[SFTRow]:
         raise DataError(f"{path}: a folder that is not a `datasets` save_to_disk folder (no dataset_info.json)")
     else:
         objects = ((f"{path}:{n}", f"line-{n}", obj) for n, obj in iter_jsonl(path))
-    rows: list[SFTRow] = []
-    seen: dict[str, str] = {}
-    for where, fallback_id, obj in objects:
-        row = _row_from_object(obj, where, fallback_id)
-        if row.id in seen:
-            raise DataError(f"{where}: field 'id' duplicates '{row.id}' from {seen[row.id]}")
-        seen[row.id] = where
-        rows.append(row)
-    if not rows:
-        raise DataError(f"{path}: no rows (the dataset is empty)")
-    return rows
+    return collect_unique(((where, _row_from_object(obj, where, fid)) for where, fid, obj in objects),
+                          f"{path}: no rows (the dataset is empty)")
 
 
 def split_eval(rows: list[SFTRow], fraction: float, seed: int) -> tuple[list[SFTRow], list[SFTRow]]:

@@ -38,7 +38,7 @@ from ..checkpoint import (
     torch_load,
     torch_save,
 )
-from ..config import ConfigError, field, require_min
+from ..config import ConfigError, check_training_fields, field
 from ..data.jsonl import DataError
 from ..data.preferences import PreferenceRow, load_preferences
 from ..data.sft import split_eval
@@ -87,19 +87,9 @@ class RMConfig:
                                   "(0 = never)")
 
     def validate(self) -> None:
-        require_min(self, "rm", 1, "epochs", "micro_batch_size", "gradient_accumulation_steps", "eval_batch_size")
-        require_min(self, "rm", 0, "max_steps", "warmup_steps", "eval_every", "checkpoint_every")
+        check_training_fields(self, "rm")
         if self.max_length < 4:
             raise ConfigError("config key 'rm.max_length': must be >= 4")
-        if not self.learning_rate > 0:
-            raise ConfigError("config key 'rm.learning_rate': must be > 0")
-        if not 0.0 <= self.min_lr_ratio <= 1.0:
-            raise ConfigError("config key 'rm.min_lr_ratio': must be in [0, 1]")
-        if not 0.0 <= self.eval_fraction < 1.0:
-            raise ConfigError("config key 'rm.eval_fraction': must be in [0, 1)")
-        if self.eval_data is not None and self.eval_fraction > 0:
-            raise ConfigError("config key 'rm.eval_fraction': set either rm.eval_data or rm.eval_fraction "
-                              "(rm.eval_fraction=0 with rm.eval_data)")
         if self.center_coef < 0:
             raise ConfigError("config key 'rm.center_coef': must be >= 0")
 

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from .. import ops
 from ..checkpoint import find_resume_checkpoint, load_json, save_checkpoint, save_json, torch_load, torch_save
-from ..config import ConfigError, field, require_min
+from ..config import ConfigError, check_training_fields, field
 from ..data.jsonl import DataError
 from ..data.sft import Encoded, collate, encode_rows, load_sft_rows, split_eval
 from ..metrics import MetricsLogger
@@ -59,18 +59,9 @@ class SFTConfig:
                                   "(0 = never)")
 
     def validate(self) -> None:
-        require_min(self, "sft", 1, "epochs", "micro_batch_size", "gradient_accumulation_steps", "eval_batch_size")
-        require_min(self, "sft", 0, "max_steps", "warmup_steps", "eval_every", "checkpoint_every")
+        check_training_fields(self, "sft")
         if self.max_length < 2:
             raise ConfigError("config key 'sft.max_length': must be >= 2 (a prompt token and an answer token)")
-        if not self.learning_rate > 0:
-            raise ConfigError("config key 'sft.learning_rate': must be > 0")
-        if not 0.0 <= self.min_lr_ratio <= 1.0:
-            raise ConfigError("config key 'sft.min_lr_ratio': must be in [0, 1]")
-        if not 0.0 <= self.eval_fraction < 1.0:
-            raise ConfigError("config key 'sft.eval_fraction': must be in [0, 1)")
-        if self.eval_data is not None and self.eval_fraction > 0:
-            raise ConfigError("config key 'sft.eval_fraction': set either sft.eval_data or sft.eval_fraction")
 
 
 # ---------------------------------------------------------------------------------------------------------
