@@ -67,6 +67,22 @@ def eos_model_dir(tmp_path_factory, smollm2_dir) -> str:
     return build_tiny_llama(smollm2_dir, tmp_path_factory.mktemp("tiny-eos-llama"), tie=False, eos_logit=1.6)
 
 
+def interrupt_after_checkpoint(monkeypatch, stage_module, step: int) -> None:
+    """Make `stage_module.save_checkpoint` raise KeyboardInterrupt right after writing checkpoint `step`:
+    a run that dies between two steps, with its checkpoint complete on disk."""
+    from rlaif import checkpoint
+
+    original = checkpoint.save_checkpoint
+
+    def save_then_die(output_dir, at_step, write, keep):
+        path = original(output_dir, at_step, write, keep)
+        if at_step == step:
+            raise KeyboardInterrupt
+        return path
+
+    monkeypatch.setattr(stage_module, "save_checkpoint", save_then_die)
+
+
 @pytest.fixture()
 def prompts_file(tmp_path) -> str:
     import json

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import interrupt_after_checkpoint
 from rm_data import QA, toy_pairs, write_jsonl
 
-from rlaif import checkpoint as ckpt_mod
 from rlaif.cli import main as cli_main
 from rlaif.config import ConfigError, load_config
 from rlaif.configs import RootConfig
@@ -187,16 +187,8 @@ def test_resume_after_an_interruption_equals_an_uninterrupted_run(tmp_path, tiny
     """4 steps over 2 epochs with warm-up, cosine and a held-out split; killed after the step-2 checkpoint."""
     args = ("rm.max_steps=4", "rm.warmup_steps=1", "rm.lr_schedule=cosine", "rm.eval_fraction=0.25",
             "rm.eval_every=1", "rm.checkpoint_every=1", "rm.center_coef=0.01", "run.resume=auto")
-    original = ckpt_mod.save_checkpoint
-
-    def killing_save(output_dir, step, write, keep):
-        path = original(output_dir, step, write, keep)
-        if step == 2:
-            raise KeyboardInterrupt
-        return path
-
     with monkeypatch.context() as mp:
-        mp.setattr(rm, "save_checkpoint", killing_save)
+        interrupt_after_checkpoint(mp, rm, 2)
         with pytest.raises(KeyboardInterrupt):
             _train(tmp_path / "split", tiny_model_dir, prefs_file, *args)
     assert [r["step"] for r in read_metrics(tmp_path / "split")] == [0, 1, 2]

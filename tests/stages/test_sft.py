@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import interrupt_after_checkpoint
 
-from rlaif import checkpoint as ckpt_mod
 from rlaif.cli import main as cli_main
 from rlaif.config import ConfigError, load_config
 from rlaif.configs import RootConfig
@@ -321,16 +321,8 @@ def test_resume_after_an_interruption_equals_an_uninterrupted_run(tmp_path, tiny
     args = ("sft.max_steps=4", "sft.micro_batch_size=2", "sft.gradient_accumulation_steps=2",
             "sft.warmup_steps=1", "sft.eval_fraction=0.2", "sft.eval_every=1", "sft.checkpoint_every=1",
             "run.resume=auto")
-    original = ckpt_mod.save_checkpoint
-
-    def killing_save(output_dir, step, write, keep):
-        path = original(output_dir, step, write, keep)
-        if step == 2:
-            raise KeyboardInterrupt
-        return path
-
     with monkeypatch.context() as mp:
-        mp.setattr(sft, "save_checkpoint", killing_save)
+        interrupt_after_checkpoint(mp, sft, 2)
         with pytest.raises(KeyboardInterrupt):
             _train(tmp_path / "split", tiny_model_dir, sft_file, *args)
     assert [r["step"] for r in read_metrics(tmp_path / "split")] == [0, 1, 2]

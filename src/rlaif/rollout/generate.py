@@ -35,6 +35,13 @@ class Rollout:
     def __len__(self) -> int:
         return self.prompt_ids.shape[0]
 
+    def model_inputs(self, idx: torch.Tensor | list[int], device) -> list[torch.Tensor]:
+        """(prompt_ids, prompt_mask, response_ids, response_mask) of rows `idx`, on `device`: the arguments of
+        `rollout.scoring.response_logprobs` / `response_values`."""
+        idx_t = torch.as_tensor(idx, dtype=torch.long)
+        return [t[idx_t].to(device) for t in (self.prompt_ids, self.prompt_mask, self.response_ids,
+                                              self.response_mask)]
+
     def select(self, idx: torch.Tensor | list[int]) -> Rollout:
         idx_t = torch.as_tensor(idx, dtype=torch.long)
         il = idx_t.tolist()

@@ -226,8 +226,7 @@ def score_batch(models: Models, rollout: Rollout, cfg: PPOConfig, device, amp) -
     models.policy.eval()
     lps, refs, vals = [], [], []
     for s in range(0, len(rollout), cfg.forward_batch_size):
-        part = rollout.select(list(range(s, min(s + cfg.forward_batch_size, len(rollout)))))
-        args = [t.to(device) for t in (part.prompt_ids, part.prompt_mask, part.response_ids, part.response_mask)]
+        args = rollout.model_inputs(list(range(s, min(s + cfg.forward_batch_size, len(rollout)))), device)
         with amp():
             lps.append(response_logprobs(models.policy, *args, cfg.generation.temperature)[0].float().cpu())
             refs.append(response_logprobs(models.reference, *args, cfg.generation.temperature)[0].float().cpu())

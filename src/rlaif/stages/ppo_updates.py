@@ -63,8 +63,7 @@ def value_update(models: Models, opt, sc: Scored, cfg: PPOConfig, device, amp, g
         n_tokens = sum(sc.mask[i].sum() for i in micro).clamp(min=1.0)
         total = 0.0
         for idx in micro:
-            r = sc.rollout.select(idx)
-            args = [t.to(device) for t in (r.prompt_ids, r.prompt_mask, r.response_ids, r.response_mask)]
+            args = sc.rollout.model_inputs(idx, device)
             with amp():
                 v = response_values(models.value, *args)
             loss, st = ops.ppo_value_loss(
@@ -90,8 +89,7 @@ def policy_update(models: Models, opt, sc: Scored, kl_coef: float, cfg: PPOConfi
         n_tokens = sum(sc.mask[i].sum() for i in micro).clamp(min=1.0)
         total = 0.0
         for idx in micro:
-            r = sc.rollout.select(idx)
-            args = [t.to(device) for t in (r.prompt_ids, r.prompt_mask, r.response_ids, r.response_mask)]
+            args = sc.rollout.model_inputs(idx, device)
             mask = sc.mask[idx].to(device)
             with amp():
                 lp, ent, logits = response_logprobs(models.policy, *args, cfg.generation.temperature,
