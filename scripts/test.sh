@@ -3,7 +3,7 @@
 # RLAIF_FAST=1 skips the tests that load the real SmolLM2 (-m "not slow").
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+bash scripts/setup.sh test
 .venv/bin/ruff check src tests bench
 args=(-q)
 [[ -n "${RLAIF_FAST:-}" ]] && args+=(-m "not slow")
