@@ -20,3 +20,13 @@ def index_reward(prompts: list[str], responses: list[str]) -> list[float]:
 def question_length(prompts: list[str], responses: list[str]) -> list[float]:
     return [float(len(q)) for q in prompts]
 REWARDS_NOT_A_FUNCTION = 3
+
+
+def shorter_wins_first_biased(prompts: list[str], firsts: list[str], seconds: list[str]) -> list[float]:
+    """A pairwise judge: P(first better) = 0.8 when the first answer is shorter, 0.2 when longer, 0.5 on equal
+    length — plus 0.1 for whichever answer is shown first (a position bias the both-order average removes)."""
+    out = []
+    for f, s in zip(firsts, seconds):
+        p = 0.8 if len(f) < len(s) else 0.2 if len(f) > len(s) else 0.5
+        out.append(min(1.0, p + 0.1))
+    return out

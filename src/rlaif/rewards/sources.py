@@ -1,4 +1,5 @@
-"""Reward sources: a reward model, or a Python callable `f(prompts, responses) -> list[float]`.
+"""Reward sources: a reward model, a Python callable `f(prompts, responses) -> list[float]`, or a judge
+(rewards/judge_reward.py).
 
 Every source sees the real question (the last user turn) and the real answer (decoded up to the first
 EOS, special tokens removed). The seed's reference implementation handed its reward model an empty
@@ -22,8 +23,9 @@ from ..models.loading import is_decoder_only, load_sequence_classifier, load_tok
 class RewardSource(Protocol):
     name: str
 
-    def __call__(self, prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
-        """(b,) float32 scores on CPU."""
+    def __call__(self, prompts: Sequence[str], responses: Sequence[str], rows=None) -> torch.Tensor:
+        """(b,) float32 scores on CPU. `rows`: the rollout's PromptRows (ids, reference answers), for sources
+        that need more than the texts (a judge); the others ignore it."""
         ...
 
 
@@ -60,7 +62,7 @@ class CallableReward:
         self.name = spec
         self.fn = load_callable(spec)
 
-    def __call__(self, prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
+    def __call__(self, prompts: Sequence[str], responses: Sequence[str], rows=None) -> torch.Tensor:
         out = self.fn(list(prompts), list(responses))
         scores = [float(x) for x in out]
         if len(scores) != len(responses):
@@ -116,7 +118,7 @@ class ModelReward:
         return encode_reward_inputs(self.tokenizer, self.format, prompts, responses, self.max_length)
 
     @torch.no_grad()
-    def __call__(self, prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
+    def __call__(self, prompts: Sequence[str], responses: Sequence[str], rows=None) -> torch.Tensor:
         out = []
         for s in range(0, len(prompts), self.batch_size):
             enc = self.encode(prompts[s:s + self.batch_size], responses[s:s + self.batch_size])
@@ -138,8 +140,8 @@ class EnsembleReward:
         self.name = f"ensemble[{combine}]({', '.join(s.name for s in sources)})"
         self.last_std: torch.Tensor | None = None
 
-    def __call__(self, prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
-        scores = torch.stack([s(prompts, responses) for s in self.sources])  # (m, b)
+    def __call__(self, prompts: Sequence[str], responses: Sequence[str], rows=None) -> torch.Tensor:
+        scores = torch.stack([s(prompts, responses, rows=rows) for s in self.sources])  # (m, b)
         std = scores.std(dim=0, unbiased=True) if len(self.sources) > 1 else torch.zeros(scores.shape[1])
         self.last_std = std
         if self.combine == "min":
@@ -149,7 +151,9 @@ class EnsembleReward:
 
 
 def make_reward_source(models: list[str], function: str | None, *, device, batch_size: int, max_length: int,
-                       input_format: str, combine: str, std_k: float, autocast=None) -> RewardSource:
+                       input_format: str, combine: str, std_k: float, autocast=None,
+                       extra: Sequence[RewardSource] = ()) -> RewardSource:
+    """Reward models, a callable and `extra` sources (e.g. a judge); several make an ensemble."""
     sources: list[RewardSource] = [
         ModelReward(m, device=device, batch_size=batch_size, max_length=max_length, input_format=input_format,
                     autocast=autocast)
@@ -157,8 +161,10 @@ def make_reward_source(models: list[str], function: str | None, *, device, batch
     ]
     if function:
         sources.append(CallableReward(function))
+    sources.extend(extra)
     if not sources:
-        raise ValueError("no reward source: set ppo.reward.model (one or more) or ppo.reward.function")
+        raise ValueError("no reward source: set ppo.reward.model (one or more), ppo.reward.function or "
+                         "ppo.reward.judge_mode")
     if len(sources) == 1:
         return sources[0]
     return EnsembleReward(sources, combine=combine, k=std_k)

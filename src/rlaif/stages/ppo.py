@@ -29,6 +29,7 @@ from ..checkpoint import (
 )
 from ..config import ConfigError, field, require_min
 from ..data.prompts import PromptRow, load_prompts
+from ..judges import JudgeConfig, make_judge
 from ..metrics import MetricsLogger
 from ..models.loading import (
     disable_dropout,
@@ -38,6 +39,7 @@ from ..models.loading import (
     load_tokenizer,
     resolve_model,
 )
+from ..rewards.judge_reward import JudgeReward
 from ..rewards.sources import EnsembleReward, check_finite, make_reward_source
 from ..rollout.generate import Rollout, sample_responses
 from ..rollout.scoring import response_logprobs, response_values, value_head
@@ -60,6 +62,13 @@ class RewardConfig:
     max_length: int = field(1024, help="tokens the reward model sees (longer inputs are truncated)")
     batch_size: int = field(16, help="reward model forward batch size")
     clip: float | None = field(None, help="clip scores to [-clip, clip] (None = no clipping)")
+    judge_mode: Literal["off", "pointwise", "pairwise"] = field(
+        "off", help="an AI judge as (part of) the reward: pointwise = 2*score-1; pairwise = 2*P(policy's answer "
+        "beats the reference policy's answer, both orders)-1; off = no judge")
+    judge: JudgeConfig = field(default_factory=JudgeConfig, help="the judge when judge_mode is not off")
+    judge_use_references: bool = field(True, help="show the prompts' reference answers to the judge")
+    judge_baseline_temperature: float = field(
+        0.0, help="pairwise: sampling temperature of the reference policy's answer (0 = greedy; one per prompt)")
 
 
 @dataclass
@@ -126,8 +135,11 @@ class PPOConfig:
             raise ConfigError("config key 'ppo.generation.max_new_tokens': must be >= 1")
         if self.generation.temperature <= 0:
             raise ConfigError("config key 'ppo.generation.temperature': PPO needs sampling (> 0)")
-        if not self.reward.model and not self.reward.function:
-            raise ConfigError("config key 'ppo.reward': set ppo.reward.model or ppo.reward.function")
+        if not self.reward.model and not self.reward.function and self.reward.judge_mode == "off":
+            raise ConfigError("config key 'ppo.reward': set ppo.reward.model, ppo.reward.function or "
+                              "ppo.reward.judge_mode")
+        if self.reward.judge_mode != "off":
+            self.reward.judge.validate()
         if self.value_init == "reward" and not self.reward.model and self.value_model is None:
             raise ConfigError("config key 'ppo.value_init': 'reward' needs ppo.reward.model")
 
@@ -173,6 +185,25 @@ def build_models(cfg: PPOConfig, device: torch.device) -> Models:
     for m in (policy, value):
         disable_dropout(m)
     return Models(policy, reference, value, tok)
+
+
+def judge_reward_sources(cfg: PPOConfig, models: Models, device, amp) -> list[JudgeReward]:
+    """The judge reward when ppo.reward.judge_mode is set; pairwise compares with the reference model's answers."""
+    rc = cfg.reward
+    if rc.judge_mode == "off":
+        return []
+    judge = make_judge(rc.judge, device=device, autocast=amp)
+    g = cfg.generation
+
+    def reference_answers(rows: list[PromptRow]) -> list[str]:
+        rollout, _ = sample_responses(
+            models.reference, models.tokenizer, rows, max_new_tokens=g.max_new_tokens,
+            temperature=rc.judge_baseline_temperature, top_p=g.top_p, max_prompt_tokens=g.max_prompt_tokens,
+            batch_size=g.batch_size, device=device, autocast=amp() if device.type == "cuda" else None)
+        return rollout.responses
+
+    return [JudgeReward(judge, rc.judge_mode, use_references=rc.judge_use_references,
+                        baseline_fn=reference_answers)]
 
 
 def _is_causal_lm_checkpoint(config) -> bool:
@@ -312,6 +343,7 @@ def train(run: RunConfig, cfg: PPOConfig, resolved_config: dict | None = None) -
         cfg.reward.model, cfg.reward.function, device=device, batch_size=cfg.reward.batch_size,
         max_length=cfg.reward.max_length, input_format=cfg.reward.input_format, combine=cfg.reward.combine,
         std_k=cfg.reward.std_k, autocast=amp() if device.type == "cuda" else None,
+        extra=(judge_sources := judge_reward_sources(cfg, models, device, amp)),
     )
     opt_policy = torch.optim.AdamW(models.policy.parameters(), lr=cfg.learning_rate,
                                    weight_decay=cfg.weight_decay)
@@ -349,7 +381,8 @@ def train(run: RunConfig, cfg: PPOConfig, resolved_config: dict | None = None) -
 
             # 2. score: reward source on (question, answer) texts; EOS policy; then old/ref log-probs and values
             t0 = time.perf_counter()
-            raw = check_finite(reward_fn(rollout.prompts, rollout.responses), getattr(reward_fn, "name", "reward"))
+            raw = check_finite(reward_fn(rollout.prompts, rollout.responses, rows=rows),
+                               getattr(reward_fn, "name", "reward"))
             scores, valid = apply_eos_policy(raw, rollout.ended_with_eos, cfg)
             mask = (rollout.response_mask & valid[:, None]).float()
             logprobs, ref_logprobs, values = score_batch(models, rollout, cfg, device, amp)
@@ -382,6 +415,8 @@ def train(run: RunConfig, cfg: PPOConfig, resolved_config: dict | None = None) -
             kl_ctl.update(seq_kl, int(valid.sum()))
         n_tok = int(rollout.response_mask.sum())
         dt = time.perf_counter() - t_iter
+        for js in judge_sources:  # pairwise judge reward: win-rate against the reference policy's answers
+            stats.update(js.last_stats)
         row = metrics.log(it + 1, _iteration_metrics(sc, stats, seq_kl, beta_used, n_tok, n_trunc, dt,
                                                      t_gen, t_score, t_update))
         kl_shown = seq_kl if math.isfinite(seq_kl) else float("nan")
