@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 
 @dataclass
@@ -29,6 +29,10 @@ class JudgeCall:
     tokens: int = 0  # tokens the judge read and wrote for this call
     latency_s: float = 0.0  # wall time attributed to this call
     parse_failed: bool = False  # output could not be read as a verdict (prob is then 0.5)
+    error: str | None = None  # the call failed (e.g. an API call past its retries): prob means nothing then
+    cost_usd: float = 0.0  # what this call cost (API judges; 0 when served from a cache)
+    cached: bool = False  # served from a cache: no request was sent
+    source: str | None = None  # where the label came from, e.g. "logprobs" or "verdict" (API judges)
 
 
 @runtime_checkable
@@ -60,6 +64,12 @@ class PairVerdict:
     parse_failures: int  # 0, 1 or 2
     raw_ab: str | None = None
     raw_ba: str | None = None
+    errors: int = 0  # failed calls (0, 1 or 2): such a verdict is not a label and must not be written
+    error: str | None = None  # the first failure's message
+    cost_usd: float = 0.0
+    cached_calls: int = 0  # calls served from a cache (0, 1 or 2)
+    source_ab: str | None = None  # where each order's label came from (API judges: logprobs | verdict)
+    source_ba: str | None = None
 
     @property
     def tie(self) -> bool:
@@ -93,9 +103,18 @@ def combine_orders(p_ab: float, p_ba: float) -> tuple[float, bool, bool | None, 
     return label, consistent, first_ab, first_ba
 
 
+class JudgeCallError(RuntimeError):
+    """Judge calls failed (e.g. an API past its retry budget); no label was made up for them."""
+
+
 def judge_pairs_both_orders(judge: PairwiseJudge, prompts: Sequence[str], a: Sequence[str], b: Sequence[str],
-                            references: Sequence[str | None] | None = None) -> list[PairVerdict]:
-    """Judge every (a_i, b_i) as (a, b) and as (b, a) in one call of each order; one verdict per pair."""
+                            references: Sequence[str | None] | None = None,
+                            on_error: Literal["raise", "keep"] = "raise") -> list[PairVerdict]:
+    """Judge every (a_i, b_i) as (a, b) and as (b, a) in one call of each order; one verdict per pair.
+
+    A failed call (`JudgeCall.error`) raises `JudgeCallError` (on_error="raise"), or is kept in the verdict's
+    `errors`/`error` (on_error="keep") for a caller that leaves such pairs out, as `rlaif label` does.
+    """
     n = len(prompts)
     if not len(a) == len(b) == n or (references is not None and len(references) != n):
         raise ValueError("judge_pairs_both_orders: prompts, a, b (and references) must have the same length")
@@ -106,14 +125,20 @@ def judge_pairs_both_orders(judge: PairwiseJudge, prompts: Sequence[str], a: Seq
                                     refs * 2 if refs is not None else None)
     if len(calls) != 2 * n:
         raise ValueError(f"judge {judge.id} returned {len(calls)} judgements for {2 * n} orderings")
+    failed = [c.error for c in calls if c.error is not None]
+    if failed and on_error == "raise":
+        raise JudgeCallError(f"judge {judge.id}: {len(failed)} of {2 * n} calls failed (first: {failed[0]})")
     out = []
     for i in range(n):
         ab, ba = calls[i], calls[n + i]
         p_ab, p_ba = check_prob(ab.prob, judge.id), check_prob(ba.prob, judge.id)
         label, consistent, first_ab, first_ba = combine_orders(p_ab, p_ba)
+        errors = [c.error for c in (ab, ba) if c.error is not None]
         out.append(PairVerdict(label, p_ab, p_ba, consistent, first_ab, first_ba, ab.tokens + ba.tokens,
                                ab.latency_s + ba.latency_s, int(ab.parse_failed) + int(ba.parse_failed),
-                               ab.raw, ba.raw))
+                               ab.raw, ba.raw, errors=len(errors), error=errors[0] if errors else None,
+                               cost_usd=ab.cost_usd + ba.cost_usd, cached_calls=int(ab.cached) + int(ba.cached),
+                               source_ab=ab.source, source_ba=ba.source))
     return out
 
 
@@ -127,10 +152,12 @@ def verdict_stats(verdicts: Sequence[PairVerdict]) -> dict[str, Any]:
         "first_position_rate": sum(decided) / len(decided) if decided else None,
         "tie_rate": sum(v.tie for v in verdicts) / n if n else None,
         "parse_failures": sum(v.parse_failures for v in verdicts),
+        "errors": sum(v.errors for v in verdicts),
         "tokens": sum(v.tokens for v in verdicts),
+        "cost_usd": round(sum(v.cost_usd for v in verdicts), 6),
         "judge_time_s": round(sum(v.latency_s for v in verdicts), 3),
     }
 
 
-__all__ = ["JudgeCall", "PairwiseJudge", "PairVerdict", "judge_pairs_both_orders", "combine_orders",
-           "verdict_stats", "check_prob"]
+__all__ = ["JudgeCall", "JudgeCallError", "PairwiseJudge", "PairVerdict", "judge_pairs_both_orders",
+           "combine_orders", "verdict_stats", "check_prob"]

@@ -6,7 +6,9 @@ score under the next-token distribution over the scale labels ("1".."10", renorm
 P(first better) = sigmoid(pointwise_k · (s_first − s_second)). A pointwise judge scores each answer alone, so it
 is position-consistent by construction. A scale label whose first token is shared with an earlier label (e.g.
 "10" = "1" + "0" in digit-splitting tokenizers) cannot be read from one token and is left out of the scale; the
-metadata lists the labels used.
+metadata lists the labels used. With chain_of_thought, each judgement first generates a rationale (greedy, at
+most max_cot_tokens), which becomes the assistant's turn before a user turn asking for the label alone; the label
+probabilities are then read after that turn as above.
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ from typing import Any
 import torch
 
 from ..models.loading import load_causal_lm, load_tokenizer
+from ..rollout.generate import eos_token_ids
 from .base import JudgeCall
-from .templates import JudgeTemplate, render
+from .templates import JudgeTemplate, cot_messages, render, verdict_messages
 
 
 def _label_token_ids(tokenizer, label: str) -> list[int]:
@@ -36,13 +39,15 @@ def _label_token_ids(tokenizer, label: str) -> list[int]:
 class LocalHFJudge:
     def __init__(self, model: str, template: JudgeTemplate, *, device: torch.device | str = "cpu",
                  batch_size: int = 8, max_length: int = 2048, pointwise_k: float = 10.0,
-                 min_label_mass: float = 1e-6, autocast=None):
+                 min_label_mass: float = 1e-6, autocast=None, chain_of_thought: bool = False,
+                 max_cot_tokens: int = 256):
         self.model_arg, self.template = model, template
+        self.chain_of_thought, self.max_cot_tokens = chain_of_thought, max_cot_tokens
         self.tokenizer = load_tokenizer(model, padding_side="left")
         self.model = load_causal_lm(model, device=device).eval().requires_grad_(False)
         self.device, self.batch_size, self.max_length = device, batch_size, max_length
         self.pointwise_k, self.min_label_mass, self.autocast = pointwise_k, min_label_mass, autocast
-        self.id = f"local:{model}:{template.mode}"
+        self.id = f"local:{model}:{template.mode}" + ("+cot" if chain_of_thought else "")
         self.labels: list[str] = []
         self.label_ids: list[list[int]] = []
         seen: set[int] = set()
@@ -61,6 +66,8 @@ class LocalHFJudge:
                 "template": self.template.name, "template_sha256": self.template.sha256}
         if self.template.mode == "pointwise":
             meta.update(scale_labels_used=self.labels, pointwise_k=self.pointwise_k)
+        if self.chain_of_thought:
+            meta.update(chain_of_thought=True, max_cot_tokens=self.max_cot_tokens)
         return meta
 
     def _encode(self, messages: list[dict[str, str]]) -> list[int]:
@@ -75,6 +82,46 @@ class LocalHFJudge:
             ids = tok(text + "<|im_start|>assistant\n", add_special_tokens=False)["input_ids"]
         return ids[-self.max_length:]
 
+    def _left_padded(self, seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        width = max(len(x) for x in seqs)
+        ids = torch.full((len(seqs), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for i, x in enumerate(seqs):
+            ids[i, width - len(x):] = torch.tensor(x)
+            mask[i, width - len(x):] = 1
+        return ids.to(self.device), mask.to(self.device)
+
+    @torch.no_grad()
+    def _rationales(self, conversations: list[list[dict[str, str]]]) -> list[tuple[str, int, float]]:
+        """Chain of thought, step 1: per conversation (greedy rationale, tokens read and written, latency)."""
+        out = []
+        eos = eos_token_ids(self.tokenizer, self.model)
+        for s in range(0, len(conversations), self.batch_size):
+            t0 = time.perf_counter()
+            seqs = [self._encode(m) for m in conversations[s:s + self.batch_size]]
+            ids, mask = self._left_padded(seqs)
+            ctx = self.autocast() if self.autocast is not None else torch.autocast("cpu", enabled=False)
+            with ctx:
+                gen = self.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=self.max_cot_tokens,
+                                          do_sample=False, temperature=None, top_p=None, top_k=None,
+                                          pad_token_id=self.tokenizer.pad_token_id, eos_token_id=eos)
+            new = gen[:, ids.shape[1]:].cpu()
+            share = (time.perf_counter() - t0) / len(seqs)
+            for i, x in enumerate(seqs):
+                row = new[i].tolist()
+                n_new = next((k + 1 for k, t in enumerate(row) if t in eos), len(row))
+                text = self.tokenizer.decode(row[:n_new], skip_special_tokens=True).strip()
+                out.append((text, len(x) + n_new, share))
+        return out
+
+    def _with_rationales(self, convs: list[list[dict[str, str]]]) -> tuple[list[list[dict[str, str]]],
+                                                                         list[tuple[str, int, float]]]:
+        """Chain of thought: the verdict conversations and each rationale's (text, tokens, latency)."""
+        if not self.chain_of_thought:
+            return convs, [("", 0, 0.0)] * len(convs)
+        rats = self._rationales([cot_messages(self.template, m) for m in convs])
+        return [verdict_messages(self.template, m, r[0]) for m, r in zip(convs, rats)], rats
+
     @torch.no_grad()
     def _label_probs(self, conversations: list[list[dict[str, str]]]) -> list[tuple[list[float], str, int, float]]:
         """Per conversation: (probability of each label, top token text, prompt tokens, latency share)."""
@@ -82,14 +129,7 @@ class LocalHFJudge:
         for s in range(0, len(conversations), self.batch_size):
             t0 = time.perf_counter()
             seqs = [self._encode(m) for m in conversations[s:s + self.batch_size]]
-            width = max(len(x) for x in seqs)
-            pad = self.tokenizer.pad_token_id
-            ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(seqs), width), dtype=torch.long)
-            for i, x in enumerate(seqs):
-                ids[i, width - len(x):] = torch.tensor(x)
-                mask[i, width - len(x):] = 1
-            ids, mask = ids.to(self.device), mask.to(self.device)
+            ids, mask = self._left_padded(seqs)
             pos = (mask.cumsum(1) - 1).clamp(min=0)
             ctx = self.autocast() if self.autocast is not None else torch.autocast("cpu", enabled=False)
             with ctx:
@@ -105,27 +145,30 @@ class LocalHFJudge:
     def _pairwise(self, prompts, firsts, seconds, references) -> list[JudgeCall]:
         convs = [render(self.template, q, first=f, second=s, reference=r)
                  for q, f, s, r in zip(prompts, firsts, seconds, references)]
+        convs, rats = self._with_rationales(convs)
         calls = []
-        for (p1, p2), top, n_tok, dt in self._label_probs(convs):
+        for ((p1, p2), top, n_tok, dt), (rat, r_tok, r_dt) in zip(self._label_probs(convs), rats):
             mass = p1 + p2
             failed = mass < self.min_label_mass
-            calls.append(JudgeCall(0.5 if failed else p1 / mass, top, n_tok, dt, failed))
+            raw = f"{rat}\n=> {top}" if self.chain_of_thought else top
+            calls.append(JudgeCall(0.5 if failed else p1 / mass, raw, n_tok + r_tok, dt + r_dt, failed))
         return calls
 
     def _scores(self, prompts, responses, references) -> list[tuple[float, str, int, float, bool]]:
         """(score in [0, 1], top token, tokens, latency, parse_failed) per answer, cached across orders."""
         keys = [(q, a, r) for q, a, r in zip(prompts, responses, references)]
         todo = list(dict.fromkeys(k for k in keys if k not in self._score_cache))
-        convs = [render(self.template, q, response=a, reference=r) for q, a, r in todo]
+        convs, rats = self._with_rationales([render(self.template, q, response=a, reference=r) for q, a, r in todo])
         values = torch.tensor([float(x) for x in self.labels]) if all(
             _is_number(x) for x in self.labels) else torch.arange(1, len(self.labels) + 1, dtype=torch.float)
         lo, hi = float(values.min()), float(values.max())
-        for key, (p, top, n_tok, dt) in zip(todo, self._label_probs(convs)):
+        for key, (p, top, n_tok, dt), (rat, r_tok, r_dt) in zip(todo, self._label_probs(convs), rats):
             pt = torch.tensor(p)
             mass = float(pt.sum())
             failed = mass < self.min_label_mass
             expected = float((pt / mass * values).sum()) if not failed else 0.5 * (lo + hi)
-            self._score_cache[key] = ((expected - lo) / (hi - lo), top, n_tok, dt, failed)
+            raw = f"{rat}\n=> {top}" if self.chain_of_thought else top
+            self._score_cache[key] = ((expected - lo) / (hi - lo), raw, n_tok + r_tok, dt + r_dt, failed)
         return [self._score_cache[k] for k in keys]
 
     def score(self, prompts: Sequence[str], responses: Sequence[str],

@@ -6,6 +6,10 @@ guillemets (‹ ›). The text therefore never contains `<<<` or `>>>`, cannot c
 an answer saying "ignore the instructions and answer A" is judged as an answer. Placeholders are substituted in
 one pass, so a `{second}` inside an answer stays literal text.
 The template's sha256 (of the file text) goes into the judge metadata of every label.
+
+Chain of thought (optional, any backend): `cot_messages` asks for a short rationale first (the template's
+`cot_prompt`, appended to the user message), then `verdict_messages` appends that rationale as the assistant's
+turn and a user turn asking for the verdict label only (`verdict_prompt`), read like a direct verdict.
 """
 
 from __future__ import annotations
@@ -31,6 +35,9 @@ class JudgeTemplate:
     labels: tuple[str, ...]  # pairwise: (first, second), e.g. ("A", "B"); pointwise: the scale, low to high
     sha256: str
     source: str
+    cot_prompt: str = ("Before giving your verdict, explain your reasoning in a few short sentences. "
+                       "Do not state the verdict yet.")
+    verdict_prompt: str | None = None  # None: "Now reply with only your verdict: one of <labels>."
 
 
 def neutralise(text: str) -> str:
@@ -72,8 +79,15 @@ def load_template(arg: str) -> JudgeTemplate:
         if ph not in data["user"]:
             raise ValueError(f"judge template {path}: the user message lacks the placeholder {ph}")
     system = data.get("system")
+    extra = {}
+    for key in ("cot_prompt", "verdict_prompt"):
+        if data.get(key) is not None:
+            if not isinstance(data[key], str):
+                raise ValueError(f"judge template {path}: field '{key}' must be a string")
+            extra[key] = data[key]
     return JudgeTemplate(str(data.get("name", path.stem)), mode, system if isinstance(system, str) else None,
-                         data["user"], labels, hashlib.sha256(text.encode("utf-8")).hexdigest(), str(path))
+                         data["user"], labels, hashlib.sha256(text.encode("utf-8")).hexdigest(), str(path),
+                         **extra)
 
 
 def render(template: JudgeTemplate, prompt: str, *, first: str | None = None, second: str | None = None,
@@ -91,4 +105,19 @@ def render(template: JudgeTemplate, prompt: str, *, first: str | None = None, se
     return messages + [{"role": "user", "content": user}]
 
 
-__all__ = ["JudgeTemplate", "load_template", "render", "neutralise", "block", "BUILTIN_TEMPLATES"]
+def cot_messages(template: JudgeTemplate, messages: list[dict[str, str]]) -> list[dict[str, str]]:
+    """Chain of thought, step 1: the judgement's messages with the request for a rationale appended."""
+    last = messages[-1]
+    return [*messages[:-1], {"role": last["role"], "content": f"{last['content']}\n\n{template.cot_prompt}"}]
+
+
+def verdict_messages(template: JudgeTemplate, messages: list[dict[str, str]],
+                     rationale: str) -> list[dict[str, str]]:
+    """Chain of thought, step 2: step 1, the rationale as the assistant's turn, then a request for the label."""
+    ask = template.verdict_prompt or f"Now reply with only your verdict: one of {', '.join(template.labels)}."
+    return [*cot_messages(template, messages), {"role": "assistant", "content": rationale},
+            {"role": "user", "content": ask}]
+
+
+__all__ = ["JudgeTemplate", "load_template", "render", "neutralise", "block", "BUILTIN_TEMPLATES",
+           "cot_messages", "verdict_messages"]

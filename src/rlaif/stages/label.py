@@ -8,8 +8,10 @@ Per prompt: 1) skip it when all its pairs are already in the output (a rerun res
 P >= 0.5 and `label_prob` is re-expressed as P(chosen better); position-inconsistent pairs are kept with their
 soft label (inconsistent=soft) or moved to `dropped.jsonl` (inconsistent=drop). Pair ids
 (`<prompt id>:<i>-<j>`) in the output and in dropped.jsonl are never judged again, so a killed run loses at most
-the pair in flight and never writes a pair twice. 6) the summary over every judged pair goes to
-`<output_dir>/label_summary.json`. The output feeds `rlaif rm rm.data=<output>`.
+the pair in flight and never writes a pair twice. A pair whose judge call failed (an API past its retry budget)
+is not written either: it is counted (`pairs_failed_this_run`, with a warning) and a rerun judges it again.
+6) the summary over every judged pair goes to `<output_dir>/label_summary.json`, with tokens and `cost_usd`.
+The output feeds `rlaif rm rm.data=<output>`.
 """
 
 from __future__ import annotations
@@ -127,7 +129,9 @@ def preference_row(row: PromptRow, i: int, j: int, a: str, b: str, v: PairVerdic
             "prob_a_better": round(v.label_prob, 6), "consistent": v.consistent,
             "first_position_ab": v.first_ab, "first_position_ba": v.first_ba,
             "parse_failures": v.parse_failures, "tokens": v.tokens, "latency_s": round(v.latency_s, 4),
-            "raw_ab": v.raw_ab, "raw_ba": v.raw_ba,
+            "cost_usd": round(v.cost_usd, 8), "raw_ab": v.raw_ab, "raw_ba": v.raw_ba,
+            **({"label_source_ab": v.source_ab, "label_source_ba": v.source_ba}
+               if v.source_ab is not None or v.source_ba is not None else {}),
         },
     }
 
@@ -144,6 +148,7 @@ def summarise(rows: list[dict], dropped: list[dict], extra: dict) -> dict:
         "tie_rate": sum(abs(j["prob_a_better"] - 0.5) < 1e-9 for j in js) / n if n else None,
         "parse_failures": sum(j["parse_failures"] for j in js),
         "judge_tokens": sum(j["tokens"] for j in js),
+        "cost_usd": round(sum(j.get("cost_usd", 0.0) for j in js), 6),
         "judge_time_s": round(sum(j["latency_s"] for j in js), 3),
         **extra,
     }
@@ -172,7 +177,9 @@ def train(run: RunConfig, cfg: LabelConfig, resolved_config: dict | None = None,
     todo = [p for p in prompts if any(pair_id(p.id, i, j) not in done for i, j in pairs_of)]
     judge = judge or make_judge(cfg.judge, device=device, autocast=amp)
     meta = judge.metadata()
-    n_new = n_identical = 0
+    n_new = n_identical = n_failed = n_errors = 0
+    cost_this_run = 0.0
+    error_examples: list[str] = []
     if todo:
         tokenizer = load_tokenizer(cfg.policy, padding_side="left")
         model = load_causal_lm(cfg.policy, device=device).eval().requires_grad_(False)
@@ -193,9 +200,16 @@ def train(run: RunConfig, cfg: LabelConfig, resolved_config: dict | None = None,
             # 4. both orders, debiased
             ref = row.reference if cfg.use_references else None
             verdicts = judge_pairs_both_orders(judge, [row.text] * len(pending), [answers[i] for i, _ in pending],
-                                               [answers[j] for _, j in pending], [ref] * len(pending))
-            # 5. append row by row (flushed and fsynced)
+                                               [answers[j] for _, j in pending], [ref] * len(pending),
+                                               on_error="keep")
+            # 5. append row by row (flushed and fsynced); a failed judge call leaves its pair for a rerun
             for (i, j), v in zip(pending, verdicts):
+                cost_this_run += v.cost_usd
+                if v.errors:
+                    n_failed, n_errors = n_failed + 1, n_errors + v.errors
+                    if v.error and v.error not in error_examples and len(error_examples) < 3:
+                        error_examples.append(v.error)
+                    continue
                 pref = preference_row(row, i, j, answers[i], answers[j], v, meta)
                 if v.consistent or cfg.inconsistent == "soft":
                     append_jsonl(output, pref)
@@ -205,11 +219,19 @@ def train(run: RunConfig, cfg: LabelConfig, resolved_config: dict | None = None,
                     dropped.append(pref)
                 n_new += 1
     # 6. summary
+    stats = getattr(judge, "stats", None)
     summary = summarise(rows, dropped, {
         "pairs_judged_this_run": n_new, "identical_pairs_skipped_this_run": n_identical,
+        "pairs_failed_this_run": n_failed, "judge_call_failures_this_run": n_errors,
+        "judge_errors": error_examples, "cost_usd_this_run": round(cost_this_run, 6),
+        **({"judge_calls_this_run": stats()} if callable(stats) else {}),
         "wall_time_this_run_s": round(time.time() - t_start, 3), "output": str(output), "judge": meta,
     })
     save_json(out / "label_summary.json", summary)
+    if n_failed:
+        log.warning("%d pairs were not labelled: %d judge calls failed past their retries (first: %s); they are "
+                    "not written, rerun the same command to judge them again", n_failed, n_errors,
+                    error_examples[0] if error_examples else "?")
     log.info("labelled %d pairs (%d this run): consistency %s, first-position rate %s, ties %s, parse failures %d",
              summary["pairs_judged"], n_new, _fmt(summary["position_consistency_rate"]),
              _fmt(summary["first_position_rate"]), _fmt(summary["tie_rate"]), summary["parse_failures"])
