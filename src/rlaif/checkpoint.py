@@ -56,6 +56,7 @@ def save_checkpoint(output_dir: str | Path, step: int, write: Callable[[Path], N
         write(tmp)
         (tmp / COMPLETE).write_text("ok\n")
     for _, old in list_checkpoints(output_dir)[:-keep]:
+        (old / COMPLETE).unlink(missing_ok=True)  # first, so a kill mid-delete leaves no "complete" half folder
         shutil.rmtree(old, ignore_errors=True)
     for stale in root.glob(".tmp-step-*"):
         shutil.rmtree(stale, ignore_errors=True)

@@ -19,6 +19,7 @@ to `output_dir/model` (Hugging Face format with its tokenizer) and the scores to
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ from ..config import ConfigError, check_training_fields, field
 from ..data.jsonl import DataError
 from ..data.preferences import PreferenceRow, load_preferences
 from ..data.sft import split_eval
+from ..finite import check_finite_weights
 from ..metrics import MetricsLogger
 from ..models.loading import disable_dropout, is_decoder_only, load_sequence_classifier, load_tokenizer
 from ..rewards.sources import encode_reward_inputs
@@ -190,6 +192,7 @@ def train_step(model, opt, tokenizer, fmt: str, rows: list[PreferenceRow], cfg: 
         raise FloatingPointError(f"non-finite gradient norm {norm.item()}")
     opt.step()
     opt.zero_grad(set_to_none=True)
+    check_finite_weights(model)  # an update can overflow even from a finite gradient; nothing is saved then
     stats = ops.pairwise_stats(torch.cat(chosen_all), torch.cat(rejected_all))
     return {**sums, **stats, "grad_norm": float(norm), "pairs": n_pairs, "inputs_at_max_length": n_full}
 
@@ -312,6 +315,8 @@ def train(run: RunConfig, cfg: RMConfig, resolved_config: dict | None = None, da
         # 5. held-out accuracy, loss and reward scale
         if data.eval and ((cfg.eval_every and (step + 1) % cfg.eval_every == 0) or step + 1 == total):
             last_eval = evaluate(model, tokenizer, fmt, data.eval, cfg, device, amp, prefix="")
+            if not math.isfinite(last_eval["loss"]):  # the model now outputs NaN/inf: stop before saving it
+                raise FloatingPointError(f"step {step + 1}: held-out loss is {last_eval['loss']}")
             row.update({f"eval_{k}": v for k, v in last_eval.items()})
         # 6. metrics
         metrics.log(step + 1, row)
@@ -332,6 +337,8 @@ def train(run: RunConfig, cfg: RMConfig, resolved_config: dict | None = None, da
     # the bias: training `chosen` answers average 0 once ModelReward subtracts it
     train_chosen = chosen_rewards(model, tokenizer, fmt, data.train, cfg, device, amp)
     bias = train_chosen.mean().item()
+    if not math.isfinite(bias):  # the model outputs NaN/inf: no reward model with a NaN bias is saved
+        raise FloatingPointError(f"after step {total}: rewards of the training answers are not finite ({bias})")
     final = out / "model"
     save_reward_model(model, tokenizer, final, bias)
     summary = {"model": cfg.model, "input_format": fmt, "steps": total, "train_pairs": len(data.train),
