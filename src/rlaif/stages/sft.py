@@ -25,6 +25,7 @@ from ..checkpoint import find_resume_checkpoint, load_json, save_checkpoint, sav
 from ..config import ConfigError, check_training_fields, field
 from ..data.jsonl import DataError
 from ..data.sft import Encoded, collate, encode_rows, load_sft_rows, split_eval
+from ..finite import check_finite_weights
 from ..metrics import MetricsLogger
 from ..models.loading import load_causal_lm, load_tokenizer
 from ..runtime import RunConfig, autocast_for, rng_state, seed_everything, set_rng_state, setup_run
@@ -145,6 +146,7 @@ def train_step(model, opt, examples: list[Encoded], cfg: SFTConfig, pad_id: int,
         raise FloatingPointError(f"non-finite gradient norm {norm.item()}")
     opt.step()
     opt.zero_grad(set_to_none=True)
+    check_finite_weights(model)  # an update can overflow even from a finite gradient; nothing is saved then
     return {"loss": total, "grad_norm": float(norm), "tokens": n_tokens}
 
 
@@ -169,7 +171,8 @@ def save_model(model, tokenizer, folder: Path) -> None:
     tokenizer.save_pretrained(folder)
 
 
-def _write_checkpoint(folder: Path, model, opt, state: dict) -> None:
+def write_checkpoint(folder: Path, model, opt, state: dict) -> None:
+    """A resumable checkpoint: the model (HF format in `model/`), AdamW state, RNG state, trainer state."""
     model.save_pretrained(folder / "model")
     torch_save(opt.state_dict(), folder / "optimizer.pt")
     torch_save(rng_state(), folder / "rng.pt")
@@ -244,6 +247,8 @@ def train(run: RunConfig, cfg: SFTConfig, resolved_config: dict | None = None) -
                "tokens_per_s": stats["tokens"] / dt, "s_step": dt}
         if data.eval and ((cfg.eval_every and (step + 1) % cfg.eval_every == 0) or step + 1 == total):
             row.update(evaluate(model, data.eval, cfg.eval_batch_size, pad_id, device, amp))
+            if not math.isfinite(row["eval_loss"]):  # the model now outputs NaN/inf: stop before saving it
+                raise FloatingPointError(f"step {step + 1}: held-out loss is {row['eval_loss']}")
         # 6. metrics
         metrics.log(step + 1, row)
         bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{lr:.2e}")
@@ -253,7 +258,7 @@ def train(run: RunConfig, cfg: SFTConfig, resolved_config: dict | None = None) -
         # 7. resumable checkpoint
         if cfg.checkpoint_every and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == total):
             state = {"step": step + 1, "epoch": stream.epoch, "offset": stream.offset, "total_steps": total}
-            save_checkpoint(out, step + 1, lambda folder, state=state: _write_checkpoint(folder, model, opt, state),
+            save_checkpoint(out, step + 1, lambda folder, state=state: write_checkpoint(folder, model, opt, state),
                             run.keep_checkpoints)
     bar.close()
     metrics.close()
