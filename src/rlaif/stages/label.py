@@ -54,6 +54,8 @@ class LabelConfig:
     top_p: float = field(1.0, help="nucleus sampling")
     max_new_tokens: int = field(64, help="budget of new tokens per answer")
     max_prompt_tokens: int = field(512, help="longer prompts keep their last tokens")
+    prompts_per_batch: int = field(8, help="prompts whose K answers are sampled in one generate() batch (the "
+                                   "answers are seeded per batch, so changing this changes them)")
     use_references: bool = field(True, help="show a prompt's `reference` to the judge when it has one")
     judge: JudgeConfig = field(default_factory=JudgeConfig, help="the judge")
     inconsistent: Literal["soft", "drop"] = field(
@@ -65,7 +67,7 @@ class LabelConfig:
     def validate(self) -> None:
         require_min(self, "label", 0, "max_prompts")
         require_min(self, "label", 2, "responses_per_prompt")
-        require_min(self, "label", 1, "max_new_tokens", "max_prompt_tokens")
+        require_min(self, "label", 1, "max_new_tokens", "max_prompt_tokens", "prompts_per_batch")
         if self.temperature <= 0:
             raise ConfigError("config key 'label.temperature': must be > 0 (greedy answers would all be equal)")
 
@@ -103,17 +105,21 @@ def read_done(path: Path) -> list[dict]:
     return [json.loads(line) for line in data.decode("utf-8").splitlines() if line.strip()]
 
 
-def sample_answers(model, tokenizer, row: PromptRow, cfg: LabelConfig, seed: int, device, amp) -> list[str]:
-    """Step 2: K answers for one prompt, reproducible from (seed, prompt id)."""
-    torch.manual_seed(prompt_seed(seed, row.id))
+def sample_answers(model, tokenizer, chunk: list[PromptRow], cfg: LabelConfig, seed: int, device, amp
+                   ) -> tuple[list[list[str]], int]:
+    """Step 2: K answers for each prompt of a chunk in one generate batch, reproducible from (seed, the chunk's
+    first prompt id): chunks are cut from the whole prompt list, so a rerun regenerates exactly the same answers.
+    Returns the answers per prompt and the number of prompts cut on the left."""
+    k = cfg.responses_per_prompt
+    torch.manual_seed(prompt_seed(seed, chunk[0].id))
     if torch.cuda.is_available():
-        torch.cuda.manual_seed_all(prompt_seed(seed, row.id))
-    rollout, _ = sample_responses(
-        model, tokenizer, [row] * cfg.responses_per_prompt, max_new_tokens=cfg.max_new_tokens,
+        torch.cuda.manual_seed_all(prompt_seed(seed, chunk[0].id))
+    rollout, n_trunc = sample_responses(
+        model, tokenizer, [row for row in chunk for _ in range(k)], max_new_tokens=cfg.max_new_tokens,
         temperature=cfg.temperature, top_p=cfg.top_p, max_prompt_tokens=cfg.max_prompt_tokens,
-        batch_size=cfg.responses_per_prompt, device=device, autocast=amp(),
+        batch_size=len(chunk) * k, device=device, autocast=amp(),
     )
-    return rollout.responses
+    return [rollout.responses[i * k:(i + 1) * k] for i in range(len(chunk))], n_trunc // k
 
 
 def preference_row(row: PromptRow, i: int, j: int, a: str, b: str, v: PairVerdict, meta: dict) -> dict:
@@ -178,14 +184,25 @@ def train(run: RunConfig, cfg: LabelConfig, resolved_config: dict | None = None,
     judge = judge or make_judge(cfg.judge, device=device, autocast=amp)
     meta = judge.metadata()
     n_new = n_identical = n_failed = n_errors = 0
+    model = tokenizer = None
     cost_this_run = 0.0
     error_examples: list[str] = []
+    todo_ids = {p.id for p in todo}
+    chunks = [prompts[s:s + cfg.prompts_per_batch] for s in range(0, len(prompts), cfg.prompts_per_batch)]
+    chunks = [c for c in chunks if any(p.id in todo_ids for p in c)]
+    n_trunc = 0
     if todo:
         tokenizer = load_tokenizer(cfg.policy, padding_side="left")
         model = load_causal_lm(cfg.policy, device=device).eval().requires_grad_(False)
-        for row in tqdm(todo, desc="label", disable=not run.progress):
-            # 1.-2. answers reproducible from (seed, prompt id)
-            answers = sample_answers(model, tokenizer, row, cfg, run.seed, device, amp)
+    bar = tqdm(total=len(todo), desc="label", disable=not run.progress)
+    for chunk in chunks:
+        # 1.-2. answers reproducible from (seed, chunk)
+        chunk_answers, cut = sample_answers(model, tokenizer, chunk, cfg, run.seed, device, amp)
+        n_trunc += cut
+        for row, answers in zip(chunk, chunk_answers):
+            if row.id not in todo_ids:
+                continue
+            bar.update(1)
             # 3. pairs not yet judged, identical texts left out
             pending = []
             for i, j in pairs_of:
@@ -218,10 +235,15 @@ def train(run: RunConfig, cfg: LabelConfig, resolved_config: dict | None = None,
                     append_jsonl(dropped_path, pref)
                     dropped.append(pref)
                 n_new += 1
+    bar.close()
+    if n_trunc:
+        log.warning("%d prompts were longer than label.max_prompt_tokens=%d and lost tokens on the left", n_trunc,
+                    cfg.max_prompt_tokens)
     # 6. summary
     stats = getattr(judge, "stats", None)
     summary = summarise(rows, dropped, {
         "pairs_judged_this_run": n_new, "identical_pairs_skipped_this_run": n_identical,
+        "prompts_truncated_this_run": n_trunc,
         "pairs_failed_this_run": n_failed, "judge_call_failures_this_run": n_errors,
         "judge_errors": error_examples, "cost_usd_this_run": round(cost_this_run, 6),
         **({"judge_calls_this_run": stats()} if callable(stats) else {}),

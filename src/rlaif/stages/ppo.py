@@ -39,6 +39,17 @@ from ..models.loading import (
     load_tokenizer,
     resolve_model,
 )
+from ..models.lora import (
+    LoraConfig,
+    apply_lora,
+    check_lora,
+    enable_gradient_checkpointing,
+    is_lora,
+    load_adapter_weights,
+    reference_model,
+    save_for_inference,
+    trainable_parameters,
+)
 from ..rewards.judge_reward import JudgeReward
 from ..rewards.sources import EnsembleReward, check_finite, make_reward_source
 from ..rollout.generate import Rollout, sample_responses
@@ -84,7 +95,11 @@ class GenerationConfig:
 @dataclass
 class PPOConfig:
     policy: str = field("smollm2-135m-instruct", help="policy to train: built-in name, folder, .gguf or hub id")
-    reference: str | None = field(None, help="frozen KL anchor; default: a copy of the initial policy")
+    reference: str | None = field(None, help="frozen KL anchor; default: a copy of the initial policy (with LoRA: "
+                                  "the policy with its adapters disabled, no copy; a named one is loaded)")
+    lora: LoraConfig = field(default_factory=LoraConfig, help="LoRA adapters on the policy (r=0: off)")
+    gradient_checkpointing: bool = field(False, help="recompute policy and critic activations in the backward "
+                                         "pass (less memory, slower updates)")
     value_model: str | None = field(None, help="critic initialisation; default: per value_init")
     value_init: Literal["reward", "policy"] = field(
         "policy", help="critic starts from the (first) reward model or from the policy backbone + new head")
@@ -135,13 +150,9 @@ class PPOConfig:
             raise ConfigError("config key 'ppo.generation.max_new_tokens': must be >= 1")
         if self.generation.temperature <= 0:
             raise ConfigError("config key 'ppo.generation.temperature': PPO needs sampling (> 0)")
-        if not self.reward.model and not self.reward.function and self.reward.judge_mode == "off":
-            raise ConfigError("config key 'ppo.reward': set ppo.reward.model, ppo.reward.function or "
-                              "ppo.reward.judge_mode")
         if self.reward.judge_mode != "off":
             self.reward.judge.validate()
-        if self.value_init == "reward" and not self.reward.model and self.value_model is None:
-            raise ConfigError("config key 'ppo.value_init': 'reward' needs ppo.reward.model")
+        check_lora(self.lora, "ppo")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -151,9 +162,13 @@ class PPOConfig:
 @dataclass
 class Models:
     policy: torch.nn.Module
-    reference: torch.nn.Module
-    value: torch.nn.Module
+    reference: torch.nn.Module | None  # None: a LoRA policy whose adapters-disabled self is the reference
+    value: torch.nn.Module | None  # the critic (None: critic-free trainers such as GRPO)
     tokenizer: object
+
+    def reference_model(self):
+        """`with models.reference_model() as ref:` — the frozen KL anchor to call (rlaif.models.lora)."""
+        return reference_model(self.policy, self.reference)
 
 
 def check_critic_source(cfg: PPOConfig) -> str:
@@ -169,12 +184,38 @@ def check_critic_source(cfg: PPOConfig) -> str:
     return src
 
 
+def check_reward_source(cfg: PPOConfig) -> None:
+    """Checked when the run starts, not at config load: `rlaif pipeline` fills ppo.reward.model in later."""
+    if not cfg.reward.model and not cfg.reward.function and cfg.reward.judge_mode == "off":
+        raise ConfigError("config key 'ppo.reward': set ppo.reward.model, ppo.reward.function or "
+                          "ppo.reward.judge_mode")
+    if cfg.value_init == "reward" and not cfg.reward.model and cfg.value_model is None:
+        raise ConfigError("config key 'ppo.value_init': 'reward' needs ppo.reward.model")
+
+
+def load_policy_and_reference(policy_arg: str, reference_arg: str | None, device, lora: LoraConfig | None = None,
+                              gradient_checkpointing: bool = False) -> Models:
+    """The trainable policy and its frozen KL anchor (a second copy of the policy unless named); no critic.
+    With LoRA and no reference named, no copy is loaded: the anchor is the policy with its adapters disabled."""
+    tok = load_tokenizer(policy_arg, padding_side="left")
+    policy = load_causal_lm(policy_arg, device=device)
+    policy.config.pad_token_id = tok.pad_token_id
+    use_lora = lora is not None and lora.enabled
+    reference = None
+    if reference_arg or not use_lora:
+        reference = load_causal_lm(reference_arg or policy_arg, device=device).eval().requires_grad_(False)
+    disable_dropout(policy)  # before the adapters: lora.dropout stays as configured
+    if gradient_checkpointing:
+        enable_gradient_checkpointing(policy)
+    if use_lora:
+        policy = apply_lora(policy, lora)
+    return Models(policy, reference, None, tok)
+
+
 def build_models(cfg: PPOConfig, device: torch.device) -> Models:
     critic_src = check_critic_source(cfg)
-    tok = load_tokenizer(cfg.policy, padding_side="left")
-    policy = load_causal_lm(cfg.policy, device=device)
-    policy.config.pad_token_id = tok.pad_token_id
-    reference = load_causal_lm(cfg.reference or cfg.policy, device=device).eval().requires_grad_(False)
+    models = load_policy_and_reference(cfg.policy, cfg.reference, device, cfg.lora, cfg.gradient_checkpointing)
+    tok = models.tokenizer
     value = load_sequence_classifier(critic_src, device=device, pad_token_id=tok.pad_token_id)
     if _is_causal_lm_checkpoint(value.config):
         # a fresh head on the policy backbone: start at V = 0 so the first advantages are reward-to-go,
@@ -182,9 +223,11 @@ def build_models(cfg: PPOConfig, device: torch.device) -> Models:
         torch.nn.init.zeros_(value_head(value).weight)
         if value_head(value).bias is not None:
             torch.nn.init.zeros_(value_head(value).bias)
-    for m in (policy, value):
-        disable_dropout(m)
-    return Models(policy, reference, value, tok)
+    disable_dropout(value)
+    if cfg.gradient_checkpointing:
+        enable_gradient_checkpointing(value)
+    models.value = value
+    return models
 
 
 def judge_reward_sources(cfg: PPOConfig, models: Models, device, amp) -> list[JudgeReward]:
@@ -196,10 +239,11 @@ def judge_reward_sources(cfg: PPOConfig, models: Models, device, amp) -> list[Ju
     g = cfg.generation
 
     def reference_answers(rows: list[PromptRow]) -> list[str]:
-        rollout, _ = sample_responses(
-            models.reference, models.tokenizer, rows, max_new_tokens=g.max_new_tokens,
-            temperature=rc.judge_baseline_temperature, top_p=g.top_p, max_prompt_tokens=g.max_prompt_tokens,
-            batch_size=g.batch_size, device=device, autocast=amp() if device.type == "cuda" else None)
+        with models.reference_model() as ref:
+            rollout, _ = sample_responses(
+                ref, models.tokenizer, rows, max_new_tokens=g.max_new_tokens,
+                temperature=rc.judge_baseline_temperature, top_p=g.top_p, max_prompt_tokens=g.max_prompt_tokens,
+                batch_size=g.batch_size, device=device, autocast=amp() if device.type == "cuda" else None)
         return rollout.responses
 
     return [JudgeReward(judge, rc.judge_mode, use_references=rc.judge_use_references,
@@ -253,15 +297,18 @@ class Scored:
 
 @torch.no_grad()
 def score_batch(models: Models, rollout: Rollout, cfg: PPOConfig, device, amp) -> tuple[torch.Tensor, ...]:
-    """Step A2: old log-probs (policy), reference log-probs, values, in forward_batch_size chunks."""
+    """Step A2: old log-probs (policy), reference log-probs, values (zeros without a critic), in
+    forward_batch_size chunks."""
     models.policy.eval()
     lps, refs, vals = [], [], []
     for s in range(0, len(rollout), cfg.forward_batch_size):
         args = rollout.model_inputs(list(range(s, min(s + cfg.forward_batch_size, len(rollout)))), device)
         with amp():
             lps.append(response_logprobs(models.policy, *args, cfg.generation.temperature)[0].float().cpu())
-            refs.append(response_logprobs(models.reference, *args, cfg.generation.temperature)[0].float().cpu())
-            vals.append(response_values(models.value, *args).float().cpu())
+            with models.reference_model() as ref:
+                refs.append(response_logprobs(ref, *args, cfg.generation.temperature)[0].float().cpu())
+            vals.append(response_values(models.value, *args).float().cpu() if models.value is not None
+                        else torch.zeros(args[2].shape, dtype=torch.float32))
     return torch.cat(lps), torch.cat(refs), torch.cat(vals)
 
 
@@ -296,10 +343,15 @@ def compute_advantages(sc_parts: dict, cfg: PPOConfig, kl_coef: float) -> dict:
 # checkpoints
 
 
+def _trained(models: Models, opts) -> list[tuple[str, torch.nn.Module, torch.optim.Optimizer]]:
+    pairs = [("policy", models.policy, opts[0]), ("value", models.value, opts[1] if len(opts) > 1 else None)]
+    return [(name, m, o) for name, m, o in pairs if m is not None]
+
+
 def _write_checkpoint(folder: Path, models: Models, opts, kl_ctl, state: dict) -> None:
-    models.policy.save_pretrained(folder / "policy")
-    models.value.save_pretrained(folder / "value")
-    torch_save({"policy": opts[0].state_dict(), "value": opts[1].state_dict()}, folder / "optimizers.pt")
+    for name, model, _ in _trained(models, opts):
+        model.save_pretrained(folder / name)
+    torch_save({name: o.state_dict() for name, _, o in _trained(models, opts)}, folder / "optimizers.pt")
     torch_save(rng_state(), folder / "rng.pt")
     save_json(folder / "trainer_state.json", {**state, "kl_controller": kl_ctl.state_dict()})
 
@@ -307,7 +359,10 @@ def _write_checkpoint(folder: Path, models: Models, opts, kl_ctl, state: dict) -
 def _load_checkpoint(folder: Path, models: Models, opts, kl_ctl, device) -> dict:
     from safetensors.torch import load_file
 
-    for name, model in (("policy", models.policy), ("value", models.value)):
+    for name, model, _ in _trained(models, opts):
+        if is_lora(model):  # the adapters are all that trains; the base weights are the loaded model's
+            load_adapter_weights(model, folder / name, device)
+            continue
         sd = load_file(str(folder / name / "model.safetensors"), device=str(device))
         missing, unexpected = model.load_state_dict(sd, strict=False)
         if unexpected or [k for k in missing if "lm_head" not in k]:
@@ -315,8 +370,8 @@ def _load_checkpoint(folder: Path, models: Models, opts, kl_ctl, device) -> dict
         if hasattr(model, "tie_weights"):
             model.tie_weights()
     optim = torch_load(folder / "optimizers.pt")
-    opts[0].load_state_dict(optim["policy"])
-    opts[1].load_state_dict(optim["value"])
+    for name, _, opt in _trained(models, opts):
+        opt.load_state_dict(optim[name])
     state = load_json(folder / "trainer_state.json")
     kl_ctl.load_state_dict(state["kl_controller"])
     set_rng_state(torch_load(folder / "rng.pt"))
@@ -324,7 +379,8 @@ def _load_checkpoint(folder: Path, models: Models, opts, kl_ctl, device) -> dict
 
 
 def save_policy(models: Models, folder: Path) -> None:
-    models.policy.save_pretrained(folder)
+    """Plain HF folder (a LoRA policy merged; its adapter alone in `<folder>_adapter`) + tokenizer."""
+    save_for_inference(models.policy, folder)
     models.tokenizer.save_pretrained(folder)
 
 
@@ -334,6 +390,7 @@ def save_policy(models: Models, folder: Path) -> None:
 
 def train(run: RunConfig, cfg: PPOConfig, resolved_config: dict | None = None) -> Path:
     """Run PPO; returns the folder of the final policy (Hugging Face format)."""
+    check_reward_source(cfg)
     out, device = setup_run(run)
     seed_everything(run.seed)
     amp = autocast_for(device, run.precision)
@@ -345,7 +402,7 @@ def train(run: RunConfig, cfg: PPOConfig, resolved_config: dict | None = None) -
         std_k=cfg.reward.std_k, autocast=amp() if device.type == "cuda" else None,
         extra=(judge_sources := judge_reward_sources(cfg, models, device, amp)),
     )
-    opt_policy = torch.optim.AdamW(models.policy.parameters(), lr=cfg.learning_rate,
+    opt_policy = torch.optim.AdamW(trainable_parameters(models.policy), lr=cfg.learning_rate,
                                    weight_decay=cfg.weight_decay)
     opt_value = torch.optim.AdamW(models.value.parameters(), lr=cfg.value_learning_rate,
                                   weight_decay=cfg.weight_decay)

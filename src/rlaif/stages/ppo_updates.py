@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from .. import ops
+from ..finite import check_finite_weights
 from ..rollout.scoring import response_logprobs, response_values
 
 if TYPE_CHECKING:
@@ -19,13 +20,23 @@ if TYPE_CHECKING:
 
 
 def _step(optimizer, model, max_norm: float) -> float:
+    """Clip and step; stop on a non-finite gradient norm, or on weights the update made non-finite."""
     norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
     if not torch.isfinite(norm):
         optimizer.zero_grad(set_to_none=True)
         raise FloatingPointError(f"non-finite gradient norm {norm.item()}")
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
+    check_finite_weights(model)  # an update can overflow even from a finite gradient
     return float(norm)
+
+
+def _named_step(optimizer, model, max_norm: float, what: str) -> float:
+    """`_step`, with the model (policy | value) named in a NaN/inf stop."""
+    try:
+        return _step(optimizer, model, max_norm)
+    except FloatingPointError as e:
+        raise FloatingPointError(f"{what}: {e}") from None
 
 
 def _minibatches(n: int, cfg: PPOConfig, gen: torch.Generator):
@@ -74,14 +85,15 @@ def value_update(models: Models, opt, sc: Scored, cfg: PPOConfig, device, amp, g
             loss.backward()
             total += loss.item()
             tw.add("vf_clipfrac", st["vf_clipfrac"], float(sc.mask[idx].sum()))
-        stats["value_grad_norm"].append(_step(opt, models.value, cfg.max_grad_norm))
+        stats["value_grad_norm"].append(_named_step(opt, models.value, cfg.max_grad_norm, "value"))
         stats["value_loss"].append(total)
     return {**{k: sum(v) / max(1, len(v)) for k, v in stats.items()}, **tw.result()}
 
 
 def policy_update(models: Models, opt, sc: Scored, kl_coef: float, cfg: PPOConfig, device, amp, gen
                   ) -> dict[str, float]:
-    """Step C: clipped surrogate on whitened advantages (+ beta * exact KL when kl_mode=loss)."""
+    """Step C: clipped surrogate on the advantages (+ beta * exact KL when kl_mode=loss, + beta * k3 KL on the
+    sampled tokens when kl_mode=k3, GRPO's)."""
     models.policy.train()
     stats: dict[str, list[float]] = {k: [] for k in ("policy_loss", "policy_grad_norm", "ratio_max")}
     tw = TokenWeighted()
@@ -97,12 +109,16 @@ def policy_update(models: Models, opt, sc: Scored, kl_coef: float, cfg: PPOConfi
             loss, st = ops.ppo_policy_loss(lp.float(), sc.logprobs[idx].to(device), sc.advantages[idx].to(device),
                                            mask, cfg.clip_eps, normalizer=n_tokens.to(device))
             if cfg.kl_mode == "loss":
-                with torch.no_grad(), amp():
-                    ref_logits = response_logprobs(models.reference, *args, cfg.generation.temperature)[2]
+                with torch.no_grad(), amp(), models.reference_model() as ref:
+                    ref_logits = response_logprobs(ref, *args, cfg.generation.temperature)[2]
                 full_kl = ops.full_kl_from_logits(logits, ref_logits, cfg.generation.temperature)
                 kl_term = ops.masked_sum(full_kl, mask) / n_tokens.to(device)
                 loss = loss + kl_coef * kl_term
                 tw.add("kl_loss", ops.masked_mean(full_kl.detach(), mask), float(mask.sum()))
+            elif cfg.kl_mode == "k3":  # GRPO: k3 estimate of KL(pi || ref) on the sampled tokens, in the loss
+                kl_tok = ops.kl(lp.float(), sc.ref_logprobs[idx].to(device), "k3")
+                loss = loss + kl_coef * ops.masked_sum(kl_tok, mask) / n_tokens.to(device)
+                tw.add("kl_loss", ops.masked_mean(kl_tok.detach(), mask), float(mask.sum()))
             _check_finite_loss(loss, "policy loss")
             loss.backward()
             total += loss.item()
@@ -111,7 +127,7 @@ def policy_update(models: Models, opt, sc: Scored, kl_coef: float, cfg: PPOConfi
             tw.add("approx_kl", st["approx_kl"], n)
             tw.add("entropy", ops.masked_mean(ent, mask), n)
             stats["ratio_max"].append(st["ratio_max"].item())
-        stats["policy_grad_norm"].append(_step(opt, models.policy, cfg.max_grad_norm))
+        stats["policy_grad_norm"].append(_named_step(opt, models.policy, cfg.max_grad_norm, "policy"))
         stats["policy_loss"].append(total)
     out = {k: sum(v) / len(v) for k, v in stats.items() if v}
     out["ratio_max"] = max(stats["ratio_max"])

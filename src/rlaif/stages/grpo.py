@@ -1,0 +1,207 @@
+"""`rlaif grpo`: critic-free policy optimisation from groups of answers (GRPO, Shao et al. 2024; RLOO, Ahmadian
+et al. 2024), sharing PPO's rollout, reward, scoring, update and checkpoint code.
+
+One iteration:
+1) take `prompts_per_iteration` prompts and sample `group_size` answers for each (a group's rows contiguous);
+2) score every answer with the reward source (a reward model, a callable or a judge — ppo.py's
+   `RewardConfig`) and apply the missing-EOS policy; old and reference log-probs in one no-grad pass;
+3) advantages per answer: `group`: (r − group mean) / (group std + eps) (or only centred with
+   scale_rewards=false); `rloo`: r − mean of the other G−1 answers; broadcast over the answer's tokens;
+4) policy update: PPO's clipped surrogate (`ppo_updates.policy_update`) + kl_coef · k3 KL(π ‖ π_ref) per token
+   in the loss (no KL in the reward, no critic); token-level normalisation over each optimizer step's tokens;
+5) metrics (reward, group spread, KL, length, EOS rate, losses) and a resumable checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from tqdm.auto import tqdm
+
+from .. import ops
+from ..checkpoint import find_resume_checkpoint, save_checkpoint, torch_load, torch_save
+from ..config import ConfigError, field, require_min
+from ..data.prompts import load_prompts
+from ..metrics import MetricsLogger
+from ..models.lora import LoraConfig, check_lora, trainable_parameters
+from ..rewards.sources import check_finite, make_reward_source
+from ..rollout.generate import sample_responses
+from ..runtime import RunConfig, autocast_for, seed_everything, setup_run
+from .ppo import (
+    GenerationConfig,
+    PromptStream,
+    RewardConfig,
+    Scored,
+    _load_checkpoint,
+    _write_checkpoint,
+    apply_eos_policy,
+    judge_reward_sources,
+    load_policy_and_reference,
+    save_policy,
+    score_batch,
+)
+from .ppo_updates import policy_update
+
+log = logging.getLogger("rlaif.grpo")
+
+
+@dataclass
+class GRPOConfig:
+    policy: str = field("smollm2-135m-instruct", help="policy to train: built-in name, folder, .gguf or hub id")
+    reference: str | None = field(None, help="frozen KL anchor; default: a copy of the initial policy (with LoRA: "
+                                  "the policy with its adapters disabled, no copy; a named one is loaded)")
+    lora: LoraConfig = field(default_factory=LoraConfig, help="LoRA adapters on the policy (r=0: off)")
+    gradient_checkpointing: bool = field(False, help="recompute policy activations in the backward pass (less "
+                                         "memory, slower updates)")
+    prompts: str = field("builtin:demo-train", help="prompt JSONL or builtin:demo-train")
+    reward: RewardConfig = field(default_factory=RewardConfig, help="reward source (as in `rlaif ppo`)")
+    generation: GenerationConfig = field(default_factory=GenerationConfig, help="sampling")
+    advantage: Literal["group", "rloo"] = field(
+        "group", help="group: (r - group mean) / (group std + eps) (GRPO); rloo: r - mean of the other answers")
+    scale_rewards: bool = field(True, help="group advantages: divide by the group's std (false = Dr. GRPO)")
+    iterations: int = field(20, help="iterations (each: sample groups, score, update)")
+    prompts_per_iteration: int = field(8, help="prompts per iteration")
+    group_size: int = field(4, help="G answers sampled per prompt (>= 2)")
+    micro_batch_size: int = field(4, help="answers per forward/backward")
+    gradient_accumulation_steps: int = field(8, help="micro-batches per optimizer step")
+    forward_batch_size: int = field(16, help="answers per no-grad scoring forward pass")
+    epochs: int = field(1, help="passes over each iteration's answers (mu in the GRPO paper)")
+    learning_rate: float = field(1e-6, help="AdamW learning rate")
+    weight_decay: float = field(0.0, help="AdamW weight decay")
+    max_grad_norm: float = field(1.0, help="gradient clipping (global norm)")
+    clip_eps: float = field(0.2, help="policy ratio clip")
+    kl_coef: float = field(0.04, help="beta of the k3 KL(policy || reference) term in the loss (0 = none)")
+    missing_eos: Literal["penalty", "keep"] = field(
+        "penalty", help="answers that hit max_new_tokens without EOS: fixed penalty score, or their own score")
+    missing_eos_penalty: float = field(-1.0, help="score of answers without EOS when missing_eos=penalty")
+    checkpoint_every: int = field(5, help="resumable checkpoint every N iterations (0 = never)")
+
+    # what the shared PPO code reads under its own names
+    kl_mode = "k3"
+
+    @property
+    def ppo_epochs(self) -> int:
+        return self.epochs
+
+    @property
+    def batch_size(self) -> int:
+        return self.prompts_per_iteration * self.group_size
+
+    def validate(self) -> None:
+        require_min(self, "grpo", 1, "iterations", "prompts_per_iteration", "micro_batch_size",
+                    "gradient_accumulation_steps", "forward_batch_size", "epochs")
+        require_min(self, "grpo", 2, "group_size")
+        mb = self.micro_batch_size * self.gradient_accumulation_steps
+        if self.batch_size % mb:
+            raise ConfigError(f"config key 'grpo.prompts_per_iteration': prompts_per_iteration x group_size = "
+                              f"{self.batch_size} is not a multiple of micro_batch_size x "
+                              f"gradient_accumulation_steps = {mb}")
+        if self.generation.temperature <= 0:
+            raise ConfigError("config key 'grpo.generation.temperature': GRPO needs sampling (> 0)")
+        if self.kl_coef < 0:
+            raise ConfigError("config key 'grpo.kl_coef': must be >= 0")
+        if self.reward.judge_mode != "off":
+            self.reward.judge.validate()
+        check_lora(self.lora, "grpo")
+
+
+def advantages_of(scores: torch.Tensor, mask: torch.Tensor, cfg: GRPOConfig) -> torch.Tensor:
+    """Step 3: (b,) scores -> (b, r) per-token advantages (the answer's advantage on each of its tokens)."""
+    if cfg.advantage == "rloo":
+        adv = ops.rloo_advantages(scores, cfg.group_size)
+    else:
+        adv = ops.group_advantages(scores, cfg.group_size, normalise_std=cfg.scale_rewards)
+    return adv[:, None] * mask
+
+
+def train(run: RunConfig, cfg: GRPOConfig, resolved_config: dict | None = None) -> Path:
+    """Run GRPO / RLOO; returns the folder of the final policy (Hugging Face format)."""
+    if not cfg.reward.model and not cfg.reward.function and cfg.reward.judge_mode == "off":
+        raise ConfigError("config key 'grpo.reward': set grpo.reward.model, grpo.reward.function or "
+                          "grpo.reward.judge_mode")
+    out, device = setup_run(run)
+    seed_everything(run.seed)
+    amp = autocast_for(device, run.precision)
+    prompts = load_prompts(cfg.prompts)
+    models = load_policy_and_reference(cfg.policy, cfg.reference, device, cfg.lora, cfg.gradient_checkpointing)
+    reward_fn = make_reward_source(
+        cfg.reward.model, cfg.reward.function, device=device, batch_size=cfg.reward.batch_size,
+        max_length=cfg.reward.max_length, input_format=cfg.reward.input_format, combine=cfg.reward.combine,
+        std_k=cfg.reward.std_k, autocast=amp() if device.type == "cuda" else None,
+        extra=judge_reward_sources(cfg, models, device, amp))  # type: ignore[arg-type]
+    opt = torch.optim.AdamW(trainable_parameters(models.policy), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    kl_ctl = ops.make_kl_controller(cfg.kl_coef, None, 1)  # fixed beta; kept in checkpoints like PPO's
+    metrics = MetricsLogger(out, run.report_to, resolved_config)
+    start, position = 0, 0
+    ckpt = find_resume_checkpoint(out, run.resume)
+    if ckpt is not None:
+        state = _load_checkpoint(ckpt, models, (opt,), kl_ctl, device)
+        start, position = state["iteration"], state["prompt_position"]
+        log.info("resumed from %s (iteration %d)", ckpt, start)
+    metrics.truncate_after(start)
+    stream = PromptStream(prompts, run.seed, position)
+    shuffle_gen = torch.Generator().manual_seed(run.seed + 1)
+    if ckpt is not None and (ckpt / "shuffle_rng.pt").exists():
+        shuffle_gen.set_state(torch_load(ckpt / "shuffle_rng.pt"))
+    g = cfg.generation
+    for it in tqdm(range(start, cfg.iterations), initial=start, total=cfg.iterations, desc="grpo",
+                   disable=not run.progress, dynamic_ncols=True):
+        t_iter = time.perf_counter()
+        try:
+            # 1. groups: each prompt G times, contiguous
+            rows = [r for r in stream.take(cfg.prompts_per_iteration) for _ in range(cfg.group_size)]
+            rollout, n_trunc = sample_responses(
+                models.policy, models.tokenizer, rows, max_new_tokens=g.max_new_tokens, temperature=g.temperature,
+                top_p=g.top_p, min_new_tokens=g.min_new_tokens, max_prompt_tokens=g.max_prompt_tokens,
+                batch_size=g.batch_size, device=device, autocast=amp() if device.type == "cuda" else None)
+            # 2. rewards, EOS policy, old and reference log-probs
+            raw = check_finite(reward_fn(rollout.prompts, rollout.responses, rows=rows),
+                               getattr(reward_fn, "name", "reward"))
+            scores, valid = apply_eos_policy(raw, rollout.ended_with_eos, cfg)  # type: ignore[arg-type]
+            mask = rollout.response_mask.float()
+            logprobs, ref_logprobs, zeros = score_batch(models, rollout, cfg, device, amp)  # type: ignore[arg-type]
+            # 3. group-relative advantages
+            adv = advantages_of(scores, mask, cfg)
+            kl_tok = ops.kl(logprobs, ref_logprobs, "k1") * mask
+            sc = Scored(rollout, scores, raw, valid, mask, logprobs, ref_logprobs, zeros, zeros, kl_tok, adv, zeros,
+                        None)
+            # 4. policy update with the k3 KL term
+            stats = policy_update(models, opt, sc, cfg.kl_coef, cfg, device, amp, shuffle_gen)  # type: ignore[arg-type]
+        except FloatingPointError as e:  # NaN/inf: stop; the last good checkpoint stays, no weights saved
+            raise FloatingPointError(f"iteration {it + 1}: {e}") from None
+
+        # 5. metrics and checkpoint
+        grouped = scores.view(-1, cfg.group_size)
+        lengths = rollout.response_mask.sum(1).float()
+        dt = time.perf_counter() - t_iter
+        row = metrics.log(it + 1, {
+            "reward_mean": raw.mean().item(), "reward_std": raw.std().item(),
+            "score_mean": scores.mean().item(),
+            "group_std_mean": grouped.std(1).mean().item(),
+            "groups_without_signal": (grouped.std(1) == 0).float().mean().item(),
+            "kl": kl_tok.sum(1).mean().item(), "response_length": lengths.mean().item(),
+            "eos_rate": rollout.ended_with_eos.float().mean().item(), "prompts_truncated": n_trunc,
+            "tokens": int(mask.sum()), "s_iteration": dt, **stats,
+        })
+        log.info("iter %d/%d reward %.3f kl %.3f len %.1f eos %.2f %.1fs", it + 1, cfg.iterations,
+                 row["reward_mean"], row["kl"], row["response_length"], row["eos_rate"], dt)
+        if cfg.checkpoint_every and ((it + 1) % cfg.checkpoint_every == 0 or it + 1 == cfg.iterations):
+            state = {"iteration": it + 1, "prompt_position": stream.position}
+
+            def write(folder: Path, state=state) -> None:
+                _write_checkpoint(folder, models, (opt,), kl_ctl, state)
+                torch_save(shuffle_gen.get_state(), folder / "shuffle_rng.pt")
+
+            save_checkpoint(out, it + 1, write, run.keep_checkpoints)
+    metrics.close()
+    final = out / "policy"
+    save_policy(models, final)
+    return final
+
+
+__all__ = ["GRPOConfig", "train", "advantages_of"]
