@@ -3,8 +3,11 @@
 Workload (the PPO issue's): 8 prompts x 48 new tokens (EOS suppressed so every iteration generates the same
 number of tokens), 1 PPO epoch, micro-batch 4 x accumulation 2, fp32, 4 iterations, a Python reward.
 Run on an idle machine: the load average is printed so a busy run can be spotted.
+`--lora R` trains rank-R LoRA adapters with the reference = the policy with adapters disabled (no second copy);
+`--gradient-checkpointing` recomputes activations in the backward pass. Compare peak RSS against a plain run.
 
-    .venv/bin/python bench/ppo_throughput.py [--iterations 4] [--threads 2] [key=value ...]
+    .venv/bin/python bench/ppo_throughput.py [--iterations 4] [--threads 2] [--lora 16]
+        [--gradient-checkpointing] [key=value ...]
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--iterations", type=int, default=4)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--lora", type=int, default=0, metavar="R", help="LoRA rank (0 = full fine-tuning)")
+    ap.add_argument("--gradient-checkpointing", action="store_true")
     ap.add_argument("overrides", nargs="*")
     a = ap.parse_args()
 
@@ -46,6 +51,7 @@ def main() -> None:
             f"ppo.iterations={a.iterations}", "ppo.batch_size=8", "ppo.micro_batch_size=4",
             "ppo.gradient_accumulation_steps=2", "ppo.forward_batch_size=8", "ppo.ppo_epochs=1",
             "ppo.generation.max_new_tokens=48", "ppo.generation.min_new_tokens=48", "ppo.checkpoint_every=0",
+            f"ppo.lora.r={a.lora}", f"ppo.gradient_checkpointing={str(a.gradient_checkpointing).lower()}",
             *a.overrides,
         ])
         t0 = time.perf_counter()
@@ -58,6 +64,8 @@ def main() -> None:
     print(json.dumps({
         "system": "rlaif",
         "workload": "smollm2-135m ppo 8x48 new tokens, 1 epoch, fp32",
+        "lora_r": a.lora,
+        "gradient_checkpointing": a.gradient_checkpointing,
         "iterations": len(rows),
         "s_per_iteration": sum(s_iter) / len(s_iter),
         "s_per_iteration_steady": sum(r["s_iteration"] for r in steady) / len(steady),

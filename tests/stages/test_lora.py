@@ -230,3 +230,19 @@ def test_lora_bad_config(tmp_path, tiny_model_dir, prompts_file, capsys):
     args = ppo_overrides(tmp_path, tiny_model_dir, prompts_file, *LORA, "ppo.lora.target_modules=[qq_proj]")
     assert cli_main(["ppo", *args]) == 2
     assert "lora.target_modules" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_lora_on_smollm2_kl_starts_at_exactly_zero(tmp_path, smollm2_dir, prompts_file, monkeypatch):
+    """The real SmolLM2-135M with rank-8 adapters and reference-by-disabled-adapters: no reference copy, KL of
+    the first iteration exactly 0, then moving once the adapters have been updated."""
+    seen = capture(monkeypatch, ppo, "build_models")
+    out = tmp_path / "run"
+    args = ppo_overrides(out, smollm2_dir, prompts_file, "run.threads=1", "ppo.lora.r=8", "ppo.batch_size=2",
+                         "ppo.micro_batch_size=1", "ppo.forward_batch_size=2", "ppo.generation.batch_size=2",
+                         "ppo.learning_rate=0.001", "ppo.generation.max_new_tokens=8")
+    assert cli_main(["ppo", *args]) == 0
+    rows = read_metrics(out)
+    assert seen["models"].reference is None
+    assert rows[0]["kl"] == 0.0
+    assert math.isfinite(rows[1]["kl"]) and rows[1]["kl"] != 0.0
