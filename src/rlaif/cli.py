@@ -75,7 +75,13 @@ def _fail(msg: str, code: int) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    # `rlaif demo --only align ppo.iterations=4`: argparse leaves overrides that follow an option unparsed
+    if extra and all("=" in x and not x.startswith("-") for x in extra) and hasattr(args, "overrides"):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     quiet_libraries()
     if args.command is None:

@@ -104,6 +104,9 @@ def test_only_with_missing_inputs_and_bad_stage_exit_2(tmp_path, tiny_model_dir,
     assert cli_main(["pipeline", str(config), "pipeline.stages=[align,sft]"]) == 2
     assert "must follow the order" in capsys.readouterr().err
     assert cli_main(["pipeline"]) == 2
+    # overrides may follow --from/--only (argparse alone would reject them)
+    assert cli_main(["pipeline", str(config), "--only", "eval", "eval.max_prompts=x"]) == 2
+    assert "eval.max_prompts" in capsys.readouterr().err
 
 
 def test_sigkill_between_stages_then_rerun_skips_finished(tmp_path, tiny_model_dir, prompts_file):

@@ -77,3 +77,24 @@ def load_preferences(arg: str | Path) -> list[PreferenceRow]:
 
 
 __all__ = ["PreferenceRow", "load_preferences", "row_from_object"]
+
+
+def load_preference_split(section: str, data: str, eval_data: str | None, eval_fraction: float, seed: int
+                          ) -> tuple[list[PreferenceRow], list[PreferenceRow]]:
+    """(train, held-out) preference rows of a stage (`rm`, `dpo`): `eval_data` when given, else a seeded
+    `eval_fraction` split of `data`, else no held-out rows. Bad rows fail here, naming file:line."""
+    from ..config import ConfigError
+    from .sft import split_eval
+
+    if not data:
+        raise ConfigError(f"config key '{section}.data': set a preference JSONL file (e.g. the output of "
+                          "`rlaif label`)")
+    rows = load_preferences(data)
+    if eval_data is not None:
+        return rows, load_preferences(eval_data)
+    if eval_fraction > 0:
+        if len(rows) < 2:
+            raise DataError(f"{data}: 1 pair cannot be split for {section}.eval_fraction (set "
+                            f"{section}.eval_fraction=0)")
+        return split_eval(rows, eval_fraction, seed)  # type: ignore[return-value,arg-type]
+    return rows, []

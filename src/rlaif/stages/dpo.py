@@ -38,9 +38,8 @@ from tqdm.auto import tqdm
 from .. import ops
 from ..checkpoint import atomic_dir, find_resume_checkpoint, load_json, save_checkpoint, save_json, torch_load
 from ..config import ConfigError, check_training_fields, field
-from ..data.jsonl import DataError
-from ..data.preferences import PreferenceRow, load_preferences
-from ..data.sft import Encoded, SFTRow, collate, encode_row, end_of_turn_ids, split_eval
+from ..data.preferences import PreferenceRow, load_preference_split
+from ..data.sft import Encoded, SFTRow, collate, encode_row, end_of_turn_ids
 from ..finite import check_finite_weights
 from ..metrics import MetricsLogger, read_metrics
 from ..models.loading import disable_dropout, load_causal_lm, load_tokenizer
@@ -122,17 +121,7 @@ class DPOData:
 def read_data(cfg: DPOConfig, seed: int) -> DPOData:
     """Read, validate and split every input file; bad rows fail here, before anything is written."""
     cfg.validate()
-    if not cfg.data:
-        raise ConfigError("config key 'dpo.data': set a preference JSONL file (e.g. the output of `rlaif label`)")
-    rows = load_preferences(cfg.data)
-    if cfg.eval_data is not None:
-        held = load_preferences(cfg.eval_data)
-    elif cfg.eval_fraction > 0:
-        if len(rows) < 2:
-            raise DataError(f"{cfg.data}: 1 pair cannot be split for dpo.eval_fraction (set dpo.eval_fraction=0)")
-        rows, held = split_eval(rows, cfg.eval_fraction, seed)  # type: ignore[arg-type]
-    else:
-        held = []
+    rows, held = load_preference_split("dpo", cfg.data, cfg.eval_data, cfg.eval_fraction, seed)
     return DPOData(rows, held)
 
 

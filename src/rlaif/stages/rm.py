@@ -40,9 +40,7 @@ from ..checkpoint import (
     torch_save,
 )
 from ..config import ConfigError, check_training_fields, field
-from ..data.jsonl import DataError
-from ..data.preferences import PreferenceRow, load_preferences
-from ..data.sft import split_eval
+from ..data.preferences import PreferenceRow, load_preference_split
 from ..finite import check_finite_weights
 from ..metrics import MetricsLogger
 from ..models.loading import disable_dropout, is_decoder_only, load_sequence_classifier, load_tokenizer
@@ -109,17 +107,7 @@ class RMData:
 def read_data(cfg: RMConfig, seed: int) -> RMData:
     """Read, validate and split every input file; bad rows fail here, before anything is written."""
     cfg.validate()
-    if not cfg.data:
-        raise ConfigError("config key 'rm.data': set a preference JSONL file")
-    rows = load_preferences(cfg.data)
-    if cfg.eval_data is not None:
-        held = load_preferences(cfg.eval_data)
-    elif cfg.eval_fraction > 0:
-        if len(rows) < 2:
-            raise DataError(f"{cfg.data}: 1 pair cannot be split for rm.eval_fraction (set rm.eval_fraction=0)")
-        rows, held = split_eval(rows, cfg.eval_fraction, seed)  # type: ignore[arg-type]
-    else:
-        held = []
+    rows, held = load_preference_split("rm", cfg.data, cfg.eval_data, cfg.eval_fraction, seed)
     return RMData(rows, held)
 
 
