@@ -204,9 +204,9 @@ def run_summary_lines(root: Path) -> list[str]:
     t = load_timings(root)
     lines = [f"rlaif run {root}  (stage minutes: " +
              ", ".join(f"{k} {v / 60:.1f}" for k, v in t.items()) + f"; total {sum(t.values()) / 60:.1f})"]
-    sft = _read(root / "sft" / "metrics.jsonl")
+    sft = [r for r in _read(root / "sft" / "metrics.jsonl") or [] if "loss" in r]  # step 0: held-out loss only
     if sft:
-        ev = [r["eval_loss"] for r in sft if "eval_loss" in r]
+        ev = [r["eval_loss"] for r in _read(root / "sft" / "metrics.jsonl") if "eval_loss" in r]
         lines.append(f"  sft    train loss {sft[0]['loss']:.3f} -> {sft[-1]['loss']:.3f}" +
                      (f"; held-out loss {ev[0]:.3f} -> {ev[-1]:.3f}" if ev else ""))
     audit = _read(root / "audit" / "audit.json")

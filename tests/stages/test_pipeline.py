@@ -20,10 +20,12 @@ from rlaif.pipeline import DONE
 
 def tiny_pipeline(tmp_path: Path, policy: str, prompts: str, stages=("sft", "audit", "label", "rm", "align", "eval"),
                   report: bool = True) -> Path:
+    prompts_sft = str(tmp_path / "sft-heldout.jsonl")  # a held-out loss, so sft logs a step-0 row
+    Path(prompts_sft).write_text('{"prompt": "Name a colour.", "completion": "Blue."}\n', encoding="utf-8")
     cfg = {
         "run": {"output_dir": str(tmp_path / "run"), "seed": 0, "threads": 1, "progress": False},
         "pipeline": {"stages": list(stages), "report": report},
-        "sft": {"model": policy, "data": "builtin:demo-train", "max_steps": 2, "micro_batch_size": 2,
+        "sft": {"model": policy, "data": "builtin:demo-train", "eval_data": prompts_sft, "max_steps": 2, "micro_batch_size": 2,
                 "gradient_accumulation_steps": 1, "max_length": 64, "learning_rate": 1e-3, "checkpoint_every": 1},
         "judge_audit": {"gold": "builtin:gold"},
         "label": {"prompts": prompts, "max_prompts": 6, "responses_per_prompt": 2, "max_new_tokens": 8,
@@ -68,7 +70,7 @@ def test_pipeline_end_to_end_and_rerun_skips(tmp_path, tiny_model_dir, prompts_f
     assert len(samples) == 6 and all(s["policy"] is not None and s["baseline"] is not None for s in samples)
     assert (root / "report.html").is_file() and (root / "summary.json").is_file()
     out = capsys.readouterr().out
-    assert "ppo vs model: win-rate" in out and "report:" in out
+    assert "ppo vs model: win-rate" in out and "report:" in out and "held-out loss" in out
 
     # a rerun does nothing but the report
     stamp = {s: (root / s / DONE).stat().st_mtime_ns for s in ("sft", "ppo", "eval")}
