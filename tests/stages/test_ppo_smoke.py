@@ -199,3 +199,18 @@ def test_adaptive_kl_is_not_updated_without_valid_rows(tmp_path, tiny_model_dir,
     _, rows = _no_eos_drop_run(tmp_path, tiny_model_dir, prompts_file, monkeypatch, "ppo.kl_target=1.0",
                                "ppo.kl_horizon=100")
     assert rows[1]["kl_coef"] == rows[0]["kl_coef"]
+
+
+def test_prompt_mean_baseline_centres_each_prompts_scores(tmp_path, tiny_model_dir, prompts_file):
+    """2 answers per prompt, scores minus their prompt's mean: every batch's scores average exactly 0, while the
+    raw reward (answer length) does not."""
+    out = tmp_path / "run"
+    assert cli_main(["ppo", *ppo_overrides(out, tiny_model_dir, prompts_file, "ppo.samples_per_prompt=2",
+                                           "ppo.score_baseline=prompt_mean", "ppo.missing_eos=keep")]) == 0
+    for row in read_metrics(out):
+        assert row["score_mean"] == pytest.approx(0.0, abs=1e-6) and row["reward_mean"] > 0
+        assert_finite(row, "policy_loss", "value_loss", "kl")
+    for bad, key in ((["ppo.samples_per_prompt=3"], "ppo.samples_per_prompt"),
+                     (["ppo.score_baseline=prompt_mean"], "ppo.score_baseline")):
+        with pytest.raises(Exception, match=key):
+            load_config(RootConfig, None, bad)

@@ -135,17 +135,28 @@ class PPOConfig:
         "penalty", help="rollouts that hit max_new_tokens without EOS: fixed penalty score, dropped (the seed), "
         "or kept with their own score")
     missing_eos_penalty: float = field(-1.0, help="score given to rollouts without EOS when missing_eos=penalty")
+    samples_per_prompt: int = field(1, help="answers sampled per prompt in a batch (batch_size / this prompts); > 1 "
+                                    "lets score_baseline=prompt_mean remove what the score owes to the prompt")
+    score_baseline: Literal["none", "prompt_mean"] = field(
+        "none", help="prompt_mean: subtract from each answer's score the mean score of its prompt's answers "
+        "(after the EOS policy), so the reward says which answer to a question is better, not which question "
+        "scores high; needs samples_per_prompt > 1")
     save_every: int = field(0, help="save the policy every N iterations (0 = only at the end)")
     checkpoint_every: int = field(5, help="resumable checkpoint every N iterations (0 = never)")
 
     def validate(self) -> None:
         mb = self.micro_batch_size * self.gradient_accumulation_steps
         require_min(self, "ppo", 1, "iterations", "batch_size", "micro_batch_size", "gradient_accumulation_steps",
-                    "forward_batch_size", "ppo_epochs")
+                    "forward_batch_size", "ppo_epochs", "samples_per_prompt")
         if self.batch_size % mb:
             raise ConfigError(
                 f"config key 'ppo.batch_size': {self.batch_size} is not a multiple of micro_batch_size x "
                 f"gradient_accumulation_steps = {mb}")
+        if self.batch_size % self.samples_per_prompt:
+            raise ConfigError(f"config key 'ppo.samples_per_prompt': batch_size {self.batch_size} is not a multiple "
+                              f"of {self.samples_per_prompt}")
+        if self.score_baseline == "prompt_mean" and self.samples_per_prompt < 2:
+            raise ConfigError("config key 'ppo.score_baseline': prompt_mean needs ppo.samples_per_prompt >= 2")
         if self.generation.max_new_tokens < 1:
             raise ConfigError("config key 'ppo.generation.max_new_tokens': must be >= 1")
         if self.generation.temperature <= 0:
@@ -426,7 +437,8 @@ def train(run: RunConfig, cfg: PPOConfig, resolved_config: dict | None = None) -
         t_iter = time.perf_counter()
         try:
             # 1. generate: sample one response per prompt from the current policy (no gradients)
-            rows = stream.take(cfg.batch_size)
+            g_n = cfg.samples_per_prompt  # one prompt's answers are contiguous
+            rows = [r for r in stream.take(cfg.batch_size // g_n) for _ in range(g_n)]
             t0 = time.perf_counter()
             g = cfg.generation
             rollout, n_trunc = sample_responses(
@@ -441,6 +453,8 @@ def train(run: RunConfig, cfg: PPOConfig, resolved_config: dict | None = None) -
             raw = check_finite(reward_fn(rollout.prompts, rollout.responses, rows=rows),
                                getattr(reward_fn, "name", "reward"))
             scores, valid = apply_eos_policy(raw, rollout.ended_with_eos, cfg)
+            if cfg.score_baseline == "prompt_mean":
+                scores = ops.group_advantages(scores, g_n, normalise_std=False)
             mask = (rollout.response_mask & valid[:, None]).float()
             logprobs, ref_logprobs, values = score_batch(models, rollout, cfg, device, amp)
             t_score = time.perf_counter() - t0
