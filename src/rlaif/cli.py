@@ -24,7 +24,8 @@ STAGES = {
             "length, diversity and reward-hacking monitors",
 }
 PIPELINES = {
-    "pipeline": "run sft -> label -> rm -> ppo -> eval (+ report) from one YAML; a rerun skips finished stages",
+    "pipeline": "run sft -> audit -> label -> rm -> align (ppo | dpo | grpo) -> eval (+ report) from one YAML; a "
+                "rerun skips finished stages",
     "demo": "the embedded default pipeline, offline on the CPU: SmolLM2-135M-Instruct, the shipped prompts, the "
             "embedding judge, a MiniLM reward model, PPO, eval and an HTML report (runs/demo)",
 }
@@ -106,7 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     from .configs import RootConfig
 
     if args.help:
-        print(f"usage: rlaif {args.command} [--config FILE] [key=value ...]\n\nconfig keys:")
+        usage = {"pipeline": "CONFIG [--from STAGE | --only STAGE]", "demo": "[--from STAGE | --only STAGE]"}.get(
+            args.command, "[--config FILE]")
+        print(f"usage: rlaif {args.command} {usage} [key=value ...]\n\nconfig keys:")
         print("\n".join(describe(RootConfig)))
         return 0
     if args.command in PIPELINES:
@@ -114,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
 
         args.config = str(demo_config_path()) if args.command == "demo" else args.pipeline_config
         if args.config is None:
-            return _fail("rlaif pipeline needs a CONFIG file (see configs/pipeline-tiny.yaml)", 2)
+            return _fail("rlaif pipeline needs a CONFIG file (e.g. configs/pipeline-api-judge.yaml; `rlaif demo` uses its own)", 2)
     try:
         cfg = load_config(RootConfig, args.config, args.overrides)
     except ConfigError as e:
