@@ -43,8 +43,8 @@ from ..data.sft import Encoded, SFTRow, collate, encode_row, end_of_turn_ids
 from ..finite import check_finite_weights
 from ..metrics import MetricsLogger, read_metrics
 from ..models.loading import disable_dropout, load_causal_lm, load_tokenizer
-from ..runtime import RunConfig, autocast_for, seed_everything, set_rng_state, setup_run
-from .sft import BatchStream, save_model, write_checkpoint
+from ..runtime import RunConfig, autocast_for, seed_everything, setup_run
+from .sft import BatchStream, restore_trainer_state, save_model, write_checkpoint
 
 log = logging.getLogger("rlaif.dpo")
 
@@ -337,16 +337,7 @@ def train(run: RunConfig, cfg: DPOConfig, resolved_config: dict | None = None, d
         model.config.use_cache = False
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     metrics = MetricsLogger(out, run.report_to, resolved_config, step_key="step")
-    start = 0
-    if ckpt is not None:
-        opt.load_state_dict(torch_load(ckpt / "optimizer.pt"))
-        state = load_json(ckpt / "trainer_state.json")
-        set_rng_state(torch_load(ckpt / "rng.pt"))
-        start, stream.epoch, stream.offset = state["step"], state["epoch"], state["offset"]
-        if state.get("total_steps") != total:
-            log.warning("resuming a run planned for %s steps with %d steps: the schedule is recomputed",
-                        state.get("total_steps"), total)
-        log.info("resumed from %s (step %d)", ckpt, start)
+    start = restore_trainer_state(ckpt, opt, stream, total, log) if ckpt is not None else 0
     metrics.truncate_after(start if ckpt is not None else -1)  # each step logged once, step 0 included
     log.info("DPO of %s against %s (beta %g), %d training pairs, %d held-out, %d steps of %d pairs", cfg.policy,
              cfg.reference or "the starting policy", cfg.beta, len(pairs["train"]), len(pairs["eval"]), total, batch)

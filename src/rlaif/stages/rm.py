@@ -36,7 +36,6 @@ from ..checkpoint import (
     load_json,
     save_checkpoint,
     save_json,
-    torch_load,
     torch_save,
 )
 from ..config import ConfigError, check_training_fields, field
@@ -45,8 +44,8 @@ from ..finite import check_finite_weights
 from ..metrics import MetricsLogger
 from ..models.loading import disable_dropout, is_decoder_only, load_sequence_classifier, load_tokenizer
 from ..rewards.sources import encode_reward_inputs
-from ..runtime import RunConfig, autocast_for, rng_state, seed_everything, set_rng_state, setup_run
-from .sft import BatchStream
+from ..runtime import RunConfig, autocast_for, rng_state, seed_everything, setup_run
+from .sft import BatchStream, restore_trainer_state
 
 log = logging.getLogger("rlaif.rm")
 
@@ -265,16 +264,7 @@ def train(run: RunConfig, cfg: RMConfig, resolved_config: dict | None = None, da
             model.config.use_cache = False
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     metrics = MetricsLogger(out, run.report_to, resolved_config, step_key="step")
-    start = 0
-    if ckpt is not None:
-        opt.load_state_dict(torch_load(ckpt / "optimizer.pt"))
-        state = load_json(ckpt / "trainer_state.json")
-        set_rng_state(torch_load(ckpt / "rng.pt"))
-        start, stream.epoch, stream.offset = state["step"], state["epoch"], state["offset"]
-        if state.get("total_steps") != total:
-            log.warning("resuming a run planned for %s steps with %d steps: the schedule is recomputed",
-                        state.get("total_steps"), total)
-        log.info("resumed from %s (step %d)", ckpt, start)
+    start = restore_trainer_state(ckpt, opt, stream, total, log) if ckpt is not None else 0
     metrics.truncate_after(start if ckpt is not None else -1)  # each step logged once, step 0 included
     log.info("reward model %s (%s input), %d training pairs, %d held-out, %d steps of %d pairs", cfg.model, fmt,
              len(data.train), len(data.eval), total, batch)

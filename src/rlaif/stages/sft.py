@@ -183,6 +183,20 @@ def write_checkpoint(folder: Path, model, opt, state: dict) -> None:
 # the loop
 
 
+def restore_trainer_state(ckpt, opt, stream: BatchStream, total: int, log: logging.Logger) -> int:
+    """Resume sft/rm/dpo from `ckpt`: optimizer moments, RNG states and the data position; returns the step.
+    A run resumed with another planned length recomputes its learning-rate schedule (warned)."""
+    opt.load_state_dict(torch_load(ckpt / "optimizer.pt"))
+    state = load_json(ckpt / "trainer_state.json")
+    set_rng_state(torch_load(ckpt / "rng.pt"))
+    stream.epoch, stream.offset = state["epoch"], state["offset"]
+    if state.get("total_steps") != total:
+        log.warning("resuming a run planned for %s steps with %d steps: the schedule is recomputed",
+                    state.get("total_steps"), total)
+    log.info("resumed from %s (step %d)", ckpt, state["step"])
+    return int(state["step"])
+
+
 def train(run: RunConfig, cfg: SFTConfig, resolved_config: dict | None = None) -> Path:
     """Run SFT; returns the folder of the final model (Hugging Face format, with the tokenizer)."""
     cfg.validate()
@@ -209,16 +223,7 @@ def train(run: RunConfig, cfg: SFTConfig, resolved_config: dict | None = None) -
         model.config.use_cache = False
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     metrics = MetricsLogger(out, run.report_to, resolved_config, step_key="step")
-    start = 0
-    if ckpt is not None:
-        opt.load_state_dict(torch_load(ckpt / "optimizer.pt"))
-        state = load_json(ckpt / "trainer_state.json")
-        set_rng_state(torch_load(ckpt / "rng.pt"))
-        start, stream.epoch, stream.offset = state["step"], state["epoch"], state["offset"]
-        if state.get("total_steps") != total:
-            log.warning("resuming a run planned for %s steps with %d steps: the cosine schedule is recomputed",
-                        state.get("total_steps"), total)
-        log.info("resumed from %s (step %d)", ckpt, start)
+    start = restore_trainer_state(ckpt, opt, stream, total, log) if ckpt is not None else 0
     metrics.truncate_after(start if ckpt is not None else -1)  # each step logged once, step 0 included
 
     if data.eval and ckpt is None:  # the held-out loss before any update
