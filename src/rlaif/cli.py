@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -161,7 +162,8 @@ def _run(command: str, cfg, save_config, to_dict) -> int:
         dpo_data = dpo.read_data(cfg.dpo, cfg.run.seed)
     out = Path(cfg.run.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
+    if os.environ.get("RANK", "0") == "0":  # under a launcher, the first process writes the config
+        save_config(cfg, out / "config.yaml")
     if command == "ppo":
         from .stages import ppo
 

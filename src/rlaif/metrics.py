@@ -18,12 +18,16 @@ def _clean(v: Any) -> Any:
 
 class MetricsLogger:
     def __init__(self, folder: str | Path, report_to: list[str] | None = None, config: dict | None = None,
-                 step_key: str = "iteration"):
+                 step_key: str = "iteration", enabled: bool | None = None):
+        """`enabled` (default: this is the main process) False: rows are built and returned, nothing written."""
+        from .distributed import is_main
+
         self.path = Path(folder) / "metrics.jsonl"
         self.step_key = step_key
+        self.enabled = is_main() if enabled is None else enabled
         self.tb = None
         self.wandb = None
-        for sink in report_to or []:
+        for sink in (report_to or []) if self.enabled else []:
             if sink == "tensorboard":
                 from torch.utils.tensorboard import SummaryWriter  # needs `pip install tensorboard`
 
@@ -35,7 +39,7 @@ class MetricsLogger:
 
     def truncate_after(self, step: int) -> None:
         """Drop lines past `step` (used on resume so the file holds each step once)."""
-        if not self.path.exists():
+        if not self.enabled or not self.path.exists():
             return
         keep = []
         for line in self.path.read_text(encoding="utf-8").splitlines():
@@ -48,6 +52,8 @@ class MetricsLogger:
 
     def log(self, step: int, metrics: dict[str, Any]) -> dict[str, Any]:
         row = {self.step_key: step, **{k: _clean(v) for k, v in metrics.items()}}
+        if not self.enabled:
+            return row
         with open(self.path, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(row) + "\n")
             fh.flush()

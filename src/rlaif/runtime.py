@@ -13,6 +13,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from . import distributed
 from .config import field
 
 log = logging.getLogger("rlaif")
@@ -82,7 +83,9 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def setup_run(run: RunConfig) -> tuple[Path, torch.device]:
+def setup_run(run: RunConfig, data_parallel: bool = False) -> tuple[Path, torch.device]:
+    """The run folder and device; joins the launcher's process group. Stages that do not shard their work
+    (`data_parallel=False`) refuse to run in several processes rather than repeat the same work N times."""
     if not run.output_dir:
         from .config import ConfigError
 
@@ -92,4 +95,13 @@ def setup_run(run: RunConfig) -> tuple[Path, torch.device]:
     if run.threads > 0:
         torch.set_num_threads(run.threads)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    return out, pick_device(run.device)
+    world = distributed.init_from_env(run.device)  # no-op without a launcher
+    if world.enabled and not data_parallel:
+        from .config import ConfigError
+
+        raise ConfigError(f"this stage runs in one process, not {world.size}: start it without accelerate launch "
+                          "/ torchrun (data parallel: rlaif sft, rm, dpo, ppo, grpo)")
+    device = pick_device(run.device)
+    if world.enabled and device.type == "cuda":
+        device = torch.device("cuda", world.local_rank)
+    return out, device

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from rlaif.ops import masked_mean, masked_sum, masked_var, whiten
+from rlaif.ops import masked_mean, masked_sum, masked_var, whiten, whiten_with
 
 X = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
 M = torch.tensor([[True, True, False], [True, False, False]])
@@ -72,6 +72,17 @@ def test_whiten_hand():
     # shift_mean=False adds the mean 3 back inside the mask: [-1+3, 0+3, 0 ; 1+3, 0, 0]
     out = whiten(x, M, shift_mean=False)
     assert_close(out, torch.tensor([[2.0, 3.0, 0.0], [4.0, 0.0, 0.0]]))
+
+
+def test_whiten_with_given_statistics_hand():
+    x = torch.tensor([[1.0, 3.0, 9.0], [5.0, float("nan"), float("inf")]])
+    # mean 1 and var 16 - 1e-8 (std 4) given from outside, e.g. a batch spread over processes:
+    # inside the mask (1-1)/4 = 0, (3-1)/4 = 0.5, (5-1)/4 = 1; outside exactly 0
+    out = whiten_with(x, M, torch.tensor(1.0), torch.tensor(16.0 - 1e-8))
+    assert_close(out, torch.tensor([[0.0, 0.5, 0.0], [1.0, 0.0, 0.0]]))
+    # shift_mean=False adds the given mean back inside: 1, 1.5, 2
+    out = whiten_with(x, M, torch.tensor(1.0), torch.tensor(16.0 - 1e-8), shift_mean=False)
+    assert_close(out, torch.tensor([[1.0, 1.5, 0.0], [2.0, 0.0, 0.0]]))
 
 
 def test_whiten_mean0_var1_zero_outside():

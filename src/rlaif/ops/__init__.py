@@ -4,7 +4,7 @@ from .advantages import gae
 from .kl import AdaptiveKLController, FixedKLController, kl, make_kl_controller
 from .logprobs import entropy_from_logits, full_kl_from_logits, logprobs_from_logits
 from .losses import bradley_terry_loss, ppo_policy_loss, ppo_value_loss
-from .masking import masked_mean, masked_sum, masked_var, whiten
+from .masking import masked_mean, masked_sum, masked_var, whiten, whiten_with
 from .rewards import last_valid_index, shaped_rewards
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "ppo_value_loss",
     "shaped_rewards",
     "whiten",
+    "whiten_with",
 ]
 
 from .sft import IGNORE_INDEX, completion_labels, cosine_with_floor_lr, token_ce_sum  # noqa: E402

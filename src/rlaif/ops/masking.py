@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["masked_sum", "masked_mean", "masked_var", "whiten"]
+__all__ = ["masked_sum", "masked_mean", "masked_var", "whiten", "whiten_with"]
 
 
 def _select(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -99,8 +99,17 @@ def whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: fl
 
     Detaches nothing (callers whitening advantages should pass detached advantages).
     """
-    mean = masked_mean(x, mask)
-    var = masked_var(x, mask, unbiased=True)
+    return whiten_with(x, mask, masked_mean(x, mask), masked_var(x, mask, unbiased=True), shift_mean, eps)
+
+
+def whiten_with(x: torch.Tensor, mask: torch.Tensor, mean: torch.Tensor, var: torch.Tensor,
+                shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
+    """``whiten`` with given statistics (e.g. those of a batch spread over several processes).
+
+    Shapes: ``x`` e.g. ``(b, t)``; ``mask`` broadcastable to ``x``; ``mean``, ``var`` 0-dim (or broadcastable).
+    Formula: ``(x - mean) / sqrt(var + eps)``, plus ``mean`` when ``shift_mean`` is False; exactly 0 outside
+    the mask. Detaches nothing.
+    """
     out = (x - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         out = out + mean

@@ -23,7 +23,7 @@ from typing import Literal
 import torch
 from tqdm.auto import tqdm
 
-from .. import ops
+from .. import distributed, ops
 from ..checkpoint import find_resume_checkpoint, save_checkpoint, torch_load, torch_save
 from ..config import ConfigError, field, require_min
 from ..data.prompts import load_prompts
@@ -31,7 +31,7 @@ from ..metrics import MetricsLogger
 from ..models.lora import LoraConfig, check_lora, trainable_parameters
 from ..rewards.sources import check_finite, make_reward_source
 from ..rollout.generate import sample_responses
-from ..runtime import RunConfig, autocast_for, seed_everything, setup_run
+from ..runtime import RunConfig, autocast_for, rng_state, seed_everything, setup_run
 from .ppo import (
     GenerationConfig,
     PromptStream,
@@ -40,10 +40,12 @@ from .ppo import (
     _load_checkpoint,
     _write_checkpoint,
     apply_eos_policy,
+    check_data_parallel,
     judge_reward_sources,
     load_policy_and_reference,
     save_policy,
     score_batch,
+    start_replicas,
 )
 from .ppo_updates import policy_update
 
@@ -124,11 +126,13 @@ def train(run: RunConfig, cfg: GRPOConfig, resolved_config: dict | None = None) 
     if not cfg.reward.model and not cfg.reward.function and cfg.reward.judge_mode == "off":
         raise ConfigError("config key 'grpo.reward': set grpo.reward.model, grpo.reward.function or "
                           "grpo.reward.judge_mode")
-    out, device = setup_run(run)
+    out, device = setup_run(run, data_parallel=True)
+    check_data_parallel(cfg.prompts_per_iteration, cfg.gradient_accumulation_steps, "grpo", "prompts_per_iteration")
     seed_everything(run.seed)
     amp = autocast_for(device, run.precision)
     prompts = load_prompts(cfg.prompts)
     models = load_policy_and_reference(cfg.policy, cfg.reference, device, cfg.lora, cfg.gradient_checkpointing)
+    start_replicas(models, run.seed)
     reward_fn = make_reward_source(
         cfg.reward.model, cfg.reward.function, device=device, batch_size=cfg.reward.batch_size,
         max_length=cfg.reward.max_length, input_format=cfg.reward.input_format, combine=cfg.reward.combine,
@@ -150,11 +154,12 @@ def train(run: RunConfig, cfg: GRPOConfig, resolved_config: dict | None = None) 
         shuffle_gen.set_state(torch_load(ckpt / "shuffle_rng.pt"))
     g = cfg.generation
     for it in tqdm(range(start, cfg.iterations), initial=start, total=cfg.iterations, desc="grpo",
-                   disable=not run.progress, dynamic_ncols=True):
+                   disable=not run.progress or not distributed.is_main(), dynamic_ncols=True):
         t_iter = time.perf_counter()
         try:
             # 1. groups: each prompt G times, contiguous
             rows = [r for r in stream.take(cfg.prompts_per_iteration) for _ in range(cfg.group_size)]
+            rows = rows[distributed.shard(len(rows), cfg.group_size)]  # this process's whole groups
             rollout, n_trunc = sample_responses(
                 models.policy, models.tokenizer, rows, max_new_tokens=g.max_new_tokens, temperature=g.temperature,
                 top_p=g.top_p, min_new_tokens=g.min_new_tokens, max_prompt_tokens=g.max_prompt_tokens,
@@ -175,9 +180,11 @@ def train(run: RunConfig, cfg: GRPOConfig, resolved_config: dict | None = None) 
         except FloatingPointError as e:  # NaN/inf: stop; the last good checkpoint stays, no weights saved
             raise FloatingPointError(f"iteration {it + 1}: {e}") from None
 
-        # 5. metrics and checkpoint
+        # 5. metrics (over every process's groups) and checkpoint
+        gather = distributed.gather_rows
+        raw, scores, mask, kl_tok = gather(raw), gather(scores), gather(mask), gather(kl_tok)
         grouped = scores.view(-1, cfg.group_size)
-        lengths = rollout.response_mask.sum(1).float()
+        lengths = mask.sum(1)
         dt = time.perf_counter() - t_iter
         row = metrics.log(it + 1, {
             "reward_mean": raw.mean().item(), "reward_std": raw.std().item(),
@@ -185,19 +192,23 @@ def train(run: RunConfig, cfg: GRPOConfig, resolved_config: dict | None = None) 
             "group_std_mean": grouped.std(1).mean().item(),
             "groups_without_signal": (grouped.std(1) == 0).float().mean().item(),
             "kl": kl_tok.sum(1).mean().item(), "response_length": lengths.mean().item(),
-            "eos_rate": rollout.ended_with_eos.float().mean().item(), "prompts_truncated": n_trunc,
+            "eos_rate": gather(rollout.ended_with_eos).float().mean().item(),
+            "prompts_truncated": int(distributed.all_reduce_floats([n_trunc])[0]),
             "tokens": int(mask.sum()), "s_iteration": dt, **stats,
         })
         log.info("iter %d/%d reward %.3f kl %.3f len %.1f eos %.2f %.1fs", it + 1, cfg.iterations,
                  row["reward_mean"], row["kl"], row["response_length"], row["eos_rate"], dt)
         if cfg.checkpoint_every and ((it + 1) % cfg.checkpoint_every == 0 or it + 1 == cfg.iterations):
             state = {"iteration": it + 1, "prompt_position": stream.position}
+            rng = distributed.gather_rng_states(rng_state())
 
-            def write(folder: Path, state=state) -> None:
-                _write_checkpoint(folder, models, (opt,), kl_ctl, state)
+            def write(folder: Path, state=state, rng=rng) -> None:
+                _write_checkpoint(folder, models, (opt,), kl_ctl, state, rng)
                 torch_save(shuffle_gen.get_state(), folder / "shuffle_rng.pt")
 
-            save_checkpoint(out, it + 1, write, run.keep_checkpoints)
+            if distributed.is_main():
+                save_checkpoint(out, it + 1, write, run.keep_checkpoints)
+            distributed.barrier()
     metrics.close()
     final = out / "policy"
     save_policy(models, final)

@@ -18,7 +18,7 @@ from typing import Literal
 import torch
 from tqdm.auto import tqdm
 
-from .. import ops
+from .. import distributed, ops
 from ..checkpoint import (
     find_resume_checkpoint,
     load_json,
@@ -342,11 +342,12 @@ def compute_advantages(sc_parts: dict, cfg: PPOConfig, kl_coef: float) -> dict:
     beta = kl_coef if cfg.kl_mode == "reward" else 0.0  # kl_mode=loss: the reward holds the score only
     rewards, kl_tok = ops.shaped_rewards(sc_parts["scores"], sc_parts["logprobs"], sc_parts["ref_logprobs"], mask,
                                          beta, cfg.kl_estimator)
-    if cfg.whiten_rewards and mask.sum() > 1:
-        rewards = ops.whiten(rewards, mask, shift_mean=False)
+    n_global = distributed.masked_count(mask)  # whitening statistics span every process's rollouts
+    if cfg.whiten_rewards and n_global > 1:
+        rewards = distributed.whiten(rewards, mask, shift_mean=False)
     advantages, returns = ops.gae(rewards, sc_parts["values"], mask, cfg.gamma, cfg.lam)
-    if cfg.whiten_advantages and mask.sum() > 1:
-        advantages = ops.whiten(advantages, mask)
+    if cfg.whiten_advantages and n_global > 1:
+        advantages = distributed.whiten(advantages, mask)
     return {"rewards": rewards, "kl": kl_tok, "advantages": advantages, "returns": returns}
 
 
@@ -359,11 +360,12 @@ def _trained(models: Models, opts) -> list[tuple[str, torch.nn.Module, torch.opt
     return [(name, m, o) for name, m, o in pairs if m is not None]
 
 
-def _write_checkpoint(folder: Path, models: Models, opts, kl_ctl, state: dict) -> None:
+def _write_checkpoint(folder: Path, models: Models, opts, kl_ctl, state: dict, rng: dict) -> None:
+    """Written by the main process; `rng` holds every process's RNG state (distributed.gather_rng_states)."""
     for name, model, _ in _trained(models, opts):
         model.save_pretrained(folder / name)
     torch_save({name: o.state_dict() for name, _, o in _trained(models, opts)}, folder / "optimizers.pt")
-    torch_save(rng_state(), folder / "rng.pt")
+    torch_save(rng, folder / "rng.pt")
     save_json(folder / "trainer_state.json", {**state, "kl_controller": kl_ctl.state_dict()})
 
 
@@ -385,14 +387,59 @@ def _load_checkpoint(folder: Path, models: Models, opts, kl_ctl, device) -> dict
         opt.load_state_dict(optim[name])
     state = load_json(folder / "trainer_state.json")
     kl_ctl.load_state_dict(state["kl_controller"])
-    set_rng_state(torch_load(folder / "rng.pt"))
+    rng = distributed.my_rng_state(torch_load(folder / "rng.pt"))
+    if rng is not None:
+        set_rng_state(rng)
+    else:
+        log.warning("%s was written by a different number of processes: sampling continues from fresh seeds", folder)
     return state
 
 
 def save_policy(models: Models, folder: Path) -> None:
-    """Plain HF folder (a LoRA policy merged; its adapter alone in `<folder>_adapter`) + tokenizer."""
-    save_for_inference(models.policy, folder)
-    models.tokenizer.save_pretrained(folder)
+    """Plain HF folder (a LoRA policy merged; its adapter alone in `<folder>_adapter`) + tokenizer; written by
+    the main process while the others wait."""
+    if distributed.is_main():
+        save_for_inference(models.policy, folder)
+        models.tokenizer.save_pretrained(folder)
+    distributed.barrier()
+
+
+def check_data_parallel(groups: int, accumulation: int, stage: str, groups_key: str) -> None:
+    """Batch sizes are global: each of N processes takes groups / N prompts (with all their answers) and
+    gradient_accumulation_steps / N micro-batches per optimizer step."""
+    n = distributed.world().size
+    if n == 1:
+        return
+    if groups % n:
+        raise ConfigError(f"config key '{stage}.{groups_key}': {groups} prompts per iteration do not split into {n} "
+                          "processes (batch sizes are global)")
+    if accumulation % n:
+        raise ConfigError(f"config key '{stage}.gradient_accumulation_steps': {accumulation} micro-batches per "
+                          f"step do not split into {n} processes (batch sizes are global)")
+
+
+def start_replicas(models: Models, seed: int) -> None:
+    """Identical trained weights on every process (rank 0's), then a different sampling stream per process."""
+    if not distributed.world().enabled:
+        return
+    for m in (models.policy, models.value):
+        if m is not None:
+            distributed.broadcast_parameters(m)
+    seed_everything(seed + 1000003 * distributed.world().rank)
+
+
+def global_view(sc: Scored) -> Scored:
+    """Every process's rows of a scored batch, for metrics (the same object with one process)."""
+    if not distributed.world().enabled:
+        return sc
+    g = distributed.gather_rows
+    r = sc.rollout
+    rollout = Rollout(g(r.prompt_ids[:, -1:]), g(r.prompt_mask[:, -1:]), g(r.response_ids), g(r.response_mask),
+                      g(r.ended_with_eos), sum(distributed.all_gather_object(r.prompts), []),
+                      sum(distributed.all_gather_object(r.responses), []))
+    return Scored(rollout, g(sc.scores), g(sc.raw_scores), g(sc.valid), g(sc.mask), g(sc.logprobs),
+                  g(sc.ref_logprobs), g(sc.values), g(sc.rewards), g(sc.kl), g(sc.advantages), g(sc.returns),
+                  g(sc.ensemble_std) if sc.ensemble_std is not None else None)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -402,11 +449,14 @@ def save_policy(models: Models, folder: Path) -> None:
 def train(run: RunConfig, cfg: PPOConfig, resolved_config: dict | None = None) -> Path:
     """Run PPO; returns the folder of the final policy (Hugging Face format)."""
     check_reward_source(cfg)
-    out, device = setup_run(run)
+    out, device = setup_run(run, data_parallel=True)
+    check_data_parallel(cfg.batch_size // cfg.samples_per_prompt, cfg.gradient_accumulation_steps, "ppo",
+                        "batch_size")
     seed_everything(run.seed)
     amp = autocast_for(device, run.precision)
     prompts = load_prompts(cfg.prompts)  # bad input fails before minutes of model loading
     models = build_models(cfg, device)
+    start_replicas(models, run.seed)
     reward_fn = make_reward_source(
         cfg.reward.model, cfg.reward.function, device=device, batch_size=cfg.reward.batch_size,
         max_length=cfg.reward.max_length, input_format=cfg.reward.input_format, combine=cfg.reward.combine,
@@ -432,13 +482,15 @@ def train(run: RunConfig, cfg: PPOConfig, resolved_config: dict | None = None) -
         shuffle_gen.set_state(torch_load(ckpt / "shuffle_rng.pt"))
 
     bar = tqdm(range(start, cfg.iterations), initial=start, total=cfg.iterations, desc="ppo",
-               disable=not run.progress, dynamic_ncols=True)
+               disable=not run.progress or not distributed.is_main(), dynamic_ncols=True)
     for it in bar:
         t_iter = time.perf_counter()
         try:
-            # 1. generate: sample one response per prompt from the current policy (no gradients)
+            # 1. generate: sample one response per prompt from the current policy (no gradients); with N
+            #    processes each takes its slice of the global batch (whole groups of a prompt's answers)
             g_n = cfg.samples_per_prompt  # one prompt's answers are contiguous
             rows = [r for r in stream.take(cfg.batch_size // g_n) for _ in range(g_n)]
+            rows = rows[distributed.shard(len(rows), g_n)]
             t0 = time.perf_counter()
             g = cfg.generation
             rollout, n_trunc = sample_responses(
@@ -470,7 +522,7 @@ def train(run: RunConfig, cfg: PPOConfig, resolved_config: dict | None = None) -
             # 5. update: critic first, then policy (the seed's order)
             t0 = time.perf_counter()
             stats: dict[str, float] = {}
-            if valid.any():
+            if distributed.any_true(bool(valid.any())):
                 stats.update(value_update(models, opt_value, sc, cfg, device, amp, shuffle_gen))
                 stats.update(policy_update(models, opt_policy, sc, kl_ctl.value, cfg, device, amp, shuffle_gen))
             else:
@@ -479,16 +531,21 @@ def train(run: RunConfig, cfg: PPOConfig, resolved_config: dict | None = None) -
         except FloatingPointError as e:  # NaN/inf: stop; the last good checkpoint stays, no weights saved
             raise FloatingPointError(f"iteration {it + 1}: {e}") from None
 
-        # 6. KL controller and metrics
-        seq_kl = sc.kl.sum(1)[valid].mean().item() if valid.any() else math.nan
+        # 6. KL controller and metrics (over every process's rollouts)
+        sc_all = global_view(sc)
+        n_valid = int(sc_all.valid.sum())
+        seq_kl = sc_all.kl.sum(1)[sc_all.valid].mean().item() if n_valid else math.nan
         beta_used = kl_ctl.value
-        if valid.any():  # an iteration that measured nothing must not move the adaptive coefficient
-            kl_ctl.update(seq_kl, int(valid.sum()))
-        n_tok = int(rollout.response_mask.sum())
+        if n_valid:  # an iteration that measured nothing must not move the adaptive coefficient
+            kl_ctl.update(seq_kl, n_valid)
+        n_tok = int(sc_all.rollout.response_mask.sum())
+        n_trunc = int(distributed.all_reduce_floats([n_trunc])[0])
         dt = time.perf_counter() - t_iter
         for js in judge_sources:  # pairwise judge reward: win-rate against the reference policy's answers
-            stats.update(js.last_stats)
-        row = metrics.log(it + 1, _iteration_metrics(sc, stats, seq_kl, beta_used, n_tok, n_trunc, dt,
+            keys = sorted(js.last_stats)
+            means = distributed.all_reduce_floats([js.last_stats[k] for k in keys])
+            stats.update({k: v / distributed.world().size for k, v in zip(keys, means)})
+        row = metrics.log(it + 1, _iteration_metrics(sc_all, stats, seq_kl, beta_used, n_tok, n_trunc, dt,
                                                      t_gen, t_score, t_update))
         kl_shown = seq_kl if math.isfinite(seq_kl) else float("nan")
         bar.set_postfix(score=f"{row['score_mean'] if row['score_mean'] is not None else math.nan:.3f}", kl=f"{kl_shown:.3f}", eos=f"{row['eos_rate']:.2f}")
@@ -502,12 +559,15 @@ def train(run: RunConfig, cfg: PPOConfig, resolved_config: dict | None = None) -
             save_policy(models, out / f"policy-iter-{it + 1:05d}")
         if cfg.checkpoint_every and ((it + 1) % cfg.checkpoint_every == 0 or it + 1 == cfg.iterations):
             state = {"iteration": it + 1, "prompt_position": stream.position}
+            rng = distributed.gather_rng_states(rng_state())
 
-            def write(folder: Path, state=state) -> None:
-                _write_checkpoint(folder, models, (opt_policy, opt_value), kl_ctl, state)
+            def write(folder: Path, state=state, rng=rng) -> None:
+                _write_checkpoint(folder, models, (opt_policy, opt_value), kl_ctl, state, rng)
                 torch_save(shuffle_gen.get_state(), folder / "shuffle_rng.pt")
 
-            save_checkpoint(out, it + 1, write, run.keep_checkpoints)
+            if distributed.is_main():
+                save_checkpoint(out, it + 1, write, run.keep_checkpoints)
+            distributed.barrier()
     bar.close()
     metrics.close()
     final = out / "policy"

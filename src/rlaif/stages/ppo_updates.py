@@ -3,6 +3,10 @@
 Each runs `ppo_epochs` x minibatches; a minibatch is `gradient_accumulation_steps` micro-batches whose losses
 are divided by the minibatch's token count (not each micro-batch's), so micro-batch 1 x accumulation 4 gives the
 same gradient as 4 x 1. Logged statistics are token-weighted for the same reason.
+
+Data parallel (rlaif.distributed): each process holds its shard of the rollouts and runs
+gradient_accumulation_steps / N micro-batches per optimizer step; the token count is the global minibatch's and
+the gradients are summed over processes before clipping, so the step equals the single-process one.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .. import ops
+from .. import distributed, ops
 from ..finite import check_finite_weights
 from ..rollout.scoring import response_logprobs, response_values
 
@@ -32,16 +36,20 @@ def _step(optimizer, model, max_norm: float) -> float:
 
 
 def _named_step(optimizer, model, max_norm: float, what: str) -> float:
-    """`_step`, with the model (policy | value) named in a NaN/inf stop."""
+    """Sum gradients over processes, then `_step`, with the model (policy | value) named in a NaN/inf stop;
+    with several processes, check the replicas stayed identical."""
+    distributed.all_reduce_gradients(model)
     try:
-        return _step(optimizer, model, max_norm)
+        norm = _step(optimizer, model, max_norm)
     except FloatingPointError as e:
         raise FloatingPointError(f"{what}: {e}") from None
+    distributed.check_replicas(model, what)
+    return norm
 
 
 def _minibatches(n: int, cfg: PPOConfig, gen: torch.Generator):
     """Yield lists of micro-batch index tensors, one list per optimizer step, for every epoch."""
-    mb = cfg.micro_batch_size * cfg.gradient_accumulation_steps
+    mb = cfg.micro_batch_size * (cfg.gradient_accumulation_steps // distributed.world().size)
     for _ in range(cfg.ppo_epochs):
         perm = torch.randperm(n, generator=gen)
         for s in range(0, n, mb):
@@ -61,7 +69,27 @@ class TokenWeighted:
         self.weights[name] = self.weights.get(name, 0.0) + n_tokens
 
     def result(self) -> dict[str, float]:
-        return {k: self.sums[k] / self.weights[k] for k in self.sums if self.weights[k] > 0}
+        """Means over every process's tokens (all processes log the same names in the same order)."""
+        keys = sorted(self.sums)
+        both = distributed.all_reduce_floats([self.sums[k] for k in keys] + [self.weights[k] for k in keys])
+        sums, weights = both[:len(keys)], both[len(keys):]
+        return {k: s / w for k, s, w in zip(keys, sums, weights) if w > 0}
+
+
+def _global_tokens(mask: torch.Tensor, micro: list[torch.Tensor]) -> torch.Tensor:
+    """Response tokens of a minibatch over every process (the loss normaliser), at least 1."""
+    return distributed.all_reduce(sum(mask[i].sum() for i in micro)).clamp(min=1.0)
+
+
+def _mean_over_steps(stats: dict[str, list[float]]) -> dict[str, float]:
+    """Per-optimizer-step losses summed over processes, then averaged over steps; norms are already global."""
+    out = {}
+    for k, v in stats.items():
+        if not v:
+            continue
+        vals = distributed.all_reduce_floats(v) if k.endswith("_loss") else v
+        out[k] = sum(vals) / len(vals)
+    return out
 
 
 def value_update(models: Models, opt, sc: Scored, cfg: PPOConfig, device, amp, gen) -> dict[str, float]:
@@ -69,9 +97,10 @@ def value_update(models: Models, opt, sc: Scored, cfg: PPOConfig, device, amp, g
     models.value.train()
     stats: dict[str, list[float]] = {"value_loss": [], "value_grad_norm": []}
     tw = TokenWeighted()
-    return_std = ops.masked_var(sc.returns, sc.mask).sqrt().item() if cfg.value_loss == "sigma" else None
+    return_std = (distributed.masked_mean_var(sc.returns, sc.mask)[1].sqrt().item() if cfg.value_loss == "sigma"
+                  else None)
     for micro in _minibatches(len(sc.rollout), cfg, gen):
-        n_tokens = sum(sc.mask[i].sum() for i in micro).clamp(min=1.0)
+        n_tokens = _global_tokens(sc.mask, micro)
         total = 0.0
         for idx in micro:
             args = sc.rollout.model_inputs(idx, device)
@@ -87,7 +116,7 @@ def value_update(models: Models, opt, sc: Scored, cfg: PPOConfig, device, amp, g
             tw.add("vf_clipfrac", st["vf_clipfrac"], float(sc.mask[idx].sum()))
         stats["value_grad_norm"].append(_named_step(opt, models.value, cfg.max_grad_norm, "value"))
         stats["value_loss"].append(total)
-    return {**{k: sum(v) / max(1, len(v)) for k, v in stats.items()}, **tw.result()}
+    return {**_mean_over_steps(stats), **tw.result()}
 
 
 def policy_update(models: Models, opt, sc: Scored, kl_coef: float, cfg: PPOConfig, device, amp, gen
@@ -98,7 +127,7 @@ def policy_update(models: Models, opt, sc: Scored, kl_coef: float, cfg: PPOConfi
     stats: dict[str, list[float]] = {k: [] for k in ("policy_loss", "policy_grad_norm", "ratio_max")}
     tw = TokenWeighted()
     for micro in _minibatches(len(sc.rollout), cfg, gen):
-        n_tokens = sum(sc.mask[i].sum() for i in micro).clamp(min=1.0)
+        n_tokens = _global_tokens(sc.mask, micro)
         total = 0.0
         for idx in micro:
             args = sc.rollout.model_inputs(idx, device)
@@ -129,9 +158,8 @@ def policy_update(models: Models, opt, sc: Scored, kl_coef: float, cfg: PPOConfi
             stats["ratio_max"].append(st["ratio_max"].item())
         stats["policy_grad_norm"].append(_named_step(opt, models.policy, cfg.max_grad_norm, "policy"))
         stats["policy_loss"].append(total)
-    out = {k: sum(v) / len(v) for k, v in stats.items() if v}
-    out["ratio_max"] = max(stats["ratio_max"])
-    return {**out, **tw.result()}
+    ratio_max = distributed.all_reduce_floats([max(stats.pop("ratio_max"))], "max")[0]
+    return {**_mean_over_steps(stats), "ratio_max": ratio_max, **tw.result()}
 
 
 def _check_finite_loss(loss: torch.Tensor, what: str) -> None:

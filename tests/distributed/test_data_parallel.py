@@ -1,0 +1,133 @@
+"""Data parallel for real: `accelerate launch --multi_gpu --num_processes 2` starts two CPU processes (gloo) on a
+tiny random model (accelerate's `--cpu` flag alone starts one process unless MPI is set up; on a machine without
+GPUs `--multi_gpu` is its torchrun launcher and our code picks gloo and the CPU).
+
+- The PPO step (scoring, global whitening, critic and policy updates) in 2 processes equals the step in 1
+  process on the same global batch, and the processes' parameters are identical after every iteration.
+- `rlaif ppo` and `rlaif grpo` through the CLI in 2 processes: one metrics row per iteration counting every
+  process's tokens, one checkpoint holding both processes' RNG streams, and a rerun resumes from it.
+- A batch that does not split, or a stage that does not shard its work, stops both processes with the config
+  key named (each exits 2; the launcher reports the failure as its own exit 1).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from rlaif.checkpoint import list_checkpoints
+from rlaif.metrics import read_metrics
+
+HERE = Path(__file__).resolve().parent
+REWARD = HERE.parent / "stages" / "rewards_for_tests.py"
+ACCELERATE = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+
+
+def launch(args: list[str], processes: int, tmp_path: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    port = str(29500 + (os.getpid() % 2000))  # one rendezvous port per test session
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "MASTER_PORT": port}
+    if processes == 1:
+        cmd = [sys.executable, *args]
+    else:
+        cmd = [*ACCELERATE, "--main_process_port", port, *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=tmp_path)
+
+
+def test_two_process_ppo_step_equals_one_process(tiny_model_dir, tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir()
+    two.mkdir()
+    worker = str(HERE / "ppo_step_worker.py")
+    for out, n in ((one, 1), (two, 2)):
+        proc = launch([worker, tiny_model_dir, str(out)], n, tmp_path)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+
+    # the two processes held bit-identical parameters after each of the 2 iterations
+    prints = [json.loads((two / f"fingerprints-rank{r}.json").read_text()) for r in (0, 1)]
+    assert len(prints[0]) == 2 and prints[0] == prints[1]
+
+    # each process held half of the 8 rollouts; whitening used all 48 response tokens: the whitened advantages'
+    # sum of squares is n - 1 = 47 (unbiased variance 1), where per-process whitening would give 2 x 23 = 46
+    s1, s2 = json.loads((one / "stats.json").read_text()), json.loads((two / "stats.json").read_text())
+    assert [s["n_rows_here"] for s in s1] == [8, 8] and [s["n_rows_here"] for s in s2] == [4, 4]
+    for a, b in zip(s1, s2):
+        assert a["advantage_sum_sq"] == pytest.approx(47.0, abs=1e-3)
+        assert b["advantage_sum_sq"] == pytest.approx(47.0, abs=1e-3)
+        for key in ("value_loss", "value_grad_norm", "policy_grad_norm", "entropy", "approx_kl", "clipfrac"):
+            assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), key
+
+    # the update equals the single-process one on the same global batch (and it moved the weights far more)
+    w1, w2 = torch.load(one / "weights.pt"), torch.load(two / "weights.pt")
+    from transformers import AutoModelForCausalLM
+
+    start = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()
+    moved = max((w1["policy"][k] - start[k]).abs().max().item() for k in start if k in w1["policy"])
+    for part in ("policy", "value"):
+        diff = max((w1[part][k] - w2[part][k]).abs().max().item() for k in w1[part])
+        assert diff < 1e-4, (part, diff)
+    assert moved > 1e-3  # two AdamW steps at lr 1e-3
+
+
+def _cli(stage: str, out: Path, model: str, extra: list[str]) -> list[str]:
+    return ["-m", "rlaif.cli", stage, f"run.output_dir={out}", "run.progress=false", "run.device=cpu",
+            f"{stage}.policy={model}", f"{stage}.reward.function={REWARD}:length_reward", "run.keep_checkpoints=1",
+            f"{stage}.generation.max_new_tokens=6", *extra]
+
+
+def test_rlaif_ppo_in_two_processes_logs_checkpoints_and_resumes(tiny_model_dir, prompts_file, tmp_path):
+    out = tmp_path / "ppo"
+    base = _cli("ppo", out, tiny_model_dir, [
+        f"ppo.prompts={prompts_file}", "ppo.batch_size=8", "ppo.micro_batch_size=2",
+        "ppo.gradient_accumulation_steps=4", "ppo.checkpoint_every=1", "ppo.samples_per_prompt=2",
+        "ppo.score_baseline=prompt_mean"])
+    proc = launch([*base, "ppo.iterations=2"], 2, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = read_metrics(out)
+    assert [r["iteration"] for r in rows] == [1, 2]  # the main process alone writes
+    for r in rows:  # every process's 8 rollouts are in the logged figures
+        assert r["valid_rows"] == 8
+        assert 8 <= r["tokens"] <= 8 * 6
+    (step, ckpt), = list_checkpoints(out)
+    assert step == 2
+    assert len(torch.load(ckpt / "rng.pt", weights_only=False)["per_process"]) == 2
+    assert (out / "policy" / "model.safetensors").exists()
+
+    proc = launch([*base, "ppo.iterations=3"], 2, tmp_path)  # the same command, one more iteration: resumes
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [r["iteration"] for r in read_metrics(out)] == [1, 2, 3]
+    assert "resumed from" in proc.stderr
+
+
+def test_rlaif_grpo_in_two_processes(tiny_model_dir, prompts_file, tmp_path):
+    out = tmp_path / "grpo"
+    args = _cli("grpo", out, tiny_model_dir, [
+        f"grpo.prompts={prompts_file}", "grpo.prompts_per_iteration=2", "grpo.group_size=4",
+        "grpo.micro_batch_size=2", "grpo.gradient_accumulation_steps=4", "grpo.iterations=2",
+        "grpo.checkpoint_every=2"])
+    proc = launch(args, 2, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = read_metrics(out)
+    assert [r["iteration"] for r in rows] == [1, 2]
+    assert all(r["tokens"] >= 8 for r in rows)  # both processes' groups (2 prompts x 4 answers)
+    assert (out / "policy" / "model.safetensors").exists()
+
+
+def test_bad_split_and_single_process_stage_exit_2(tiny_model_dir, prompts_file, tmp_path):
+    proc = launch(_cli("ppo", tmp_path / "odd", tiny_model_dir, [
+        f"ppo.prompts={prompts_file}", "ppo.batch_size=6", "ppo.micro_batch_size=2",
+        "ppo.gradient_accumulation_steps=3", "ppo.iterations=1"]), 2, tmp_path)
+    assert proc.returncode != 0
+    assert proc.stderr.count("config key 'ppo.gradient_accumulation_steps'") == 2  # one line per process
+    assert "exitcode  : 2" in proc.stderr
+
+    proc = launch(["-m", "rlaif.cli", "judge-audit", f"run.output_dir={tmp_path / 'audit'}", "run.progress=false"],
+                  2, tmp_path)
+    assert proc.returncode != 0
+    assert proc.stderr.count("runs in one process, not 2") == 2
