@@ -138,6 +138,11 @@ def shard(n: int, unit: int = 1) -> slice:
     return slice(_WORLD.rank * per * unit, (_WORLD.rank + 1) * per * unit)
 
 
+def my_items(items: list) -> list:
+    """Every N-th item from this process's rank: a step's rows split over processes, whatever their number."""
+    return items[_WORLD.rank::_WORLD.size] if _WORLD.enabled else items
+
+
 # ---------------------------------------------------------------------------------------------------------
 # replicas
 

@@ -4,6 +4,7 @@ GPUs `--multi_gpu` is its torchrun launcher and our code picks gloo and the CPU)
 
 - The PPO step (scoring, global whitening, critic and policy updates) in 2 processes equals the step in 1
   process on the same global batch, and the processes' parameters are identical after every iteration.
+- `rlaif sft` in 2 processes ends with the weights of the same run in 1 process (same logged losses).
 - `rlaif ppo` and `rlaif grpo` through the CLI in 2 processes: one metrics row per iteration counting every
   process's tokens, one checkpoint holding both processes' RNG streams, and a rerun resumes from it.
 - A batch that does not split, or a stage that does not shard its work, stops both processes with the config
@@ -73,6 +74,35 @@ def test_two_process_ppo_step_equals_one_process(tiny_model_dir, tmp_path):
         diff = max((w1[part][k] - w2[part][k]).abs().max().item() for k in w1[part])
         assert diff < 1e-4, (part, diff)
     assert moved > 1e-3  # two AdamW steps at lr 1e-3
+
+
+def test_rlaif_sft_two_processes_equal_one(tiny_model_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    data = tmp_path / "sft.jsonl"
+    qa = [("What is 2 plus 2?", "Four."), ("Name a primary colour.", "Red is one."),
+          ("Why is the sky blue?", "Air scatters blue light more than red light."),
+          ("Define photosynthesis.", "Plants turn light, water and CO2 into sugar."), ("Say hi.", "Hi!")]
+    data.write_text("".join(json.dumps({"prompt": q, "completion": a}) + "\n" for q, a in qa * 2 + [("Say bye.", "Bye!")]), encoding="utf-8")
+    outs = {}
+    for n in (1, 2):
+        out = tmp_path / f"sft{n}"
+        # 11 rows, 2 held out, 2 x 2 per step: each epoch ends with a 1-row step (one process has nothing to do)
+        proc = launch(["-m", "rlaif.cli", "sft", f"run.output_dir={out}", "run.progress=false", "run.device=cpu",
+                       f"sft.model={tiny_model_dir}", f"sft.data={data}", "sft.eval_fraction=0.2", "sft.epochs=2",
+                       "sft.micro_batch_size=2", "sft.gradient_accumulation_steps=2", "sft.learning_rate=1e-3",
+                       "sft.checkpoint_every=2", "run.keep_checkpoints=1"], n, tmp_path)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        outs[n] = out
+    rows1, rows2 = read_metrics(outs[1]), read_metrics(outs[2])
+    assert [r["step"] for r in rows1] == [r["step"] for r in rows2] == list(range(7))
+    assert rows1[3]["rows"] == 1
+    for a, b in zip(rows1, rows2):
+        for key in ("loss", "grad_norm", "tokens", "eval_loss"):
+            if key in a:
+                assert b[key] == pytest.approx(a[key], rel=1e-4), (a["step"], key)
+    w1, w2 = (load_file(str(o / "model" / "model.safetensors")) for o in (outs[1], outs[2]))
+    assert max((w1[k] - w2[k]).abs().max().item() for k in w1) < 1e-4
 
 
 def _cli(stage: str, out: Path, model: str, extra: list[str]) -> list[str]:

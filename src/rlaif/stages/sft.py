@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .. import ops
+from .. import distributed, ops
 from ..checkpoint import find_resume_checkpoint, load_json, save_checkpoint, save_json, torch_load, torch_save
 from ..config import ConfigError, check_training_fields, field
 from ..data.jsonl import DataError
@@ -124,12 +124,16 @@ class BatchStream:
 
 
 def train_step(model, opt, examples: list[Encoded], cfg: SFTConfig, pad_id: int, device, amp) -> dict[str, float]:
-    """Steps 3-4: accumulate the answer-token CE over micro-batches (one normaliser), clip, AdamW."""
+    """Steps 3-4: accumulate the answer-token CE over micro-batches (one normaliser), clip, AdamW.
+
+    `examples`: the whole step's rows; with N processes each takes every N-th row and the gradients are summed
+    over processes (the normaliser counts every process's answer tokens), so the step equals one process's."""
     model.train()
     n_tokens = sum(e.n_trained for e in examples)  # answer tokens of the whole optimizer step
+    mine = distributed.my_items(examples)
     total = 0.0
-    for s in range(0, len(examples), cfg.micro_batch_size):
-        batch = {k: v.to(device) for k, v in collate(examples[s:s + cfg.micro_batch_size], pad_id).items()}
+    for s in range(0, len(mine), cfg.micro_batch_size):
+        batch = {k: v.to(device) for k, v in collate(mine[s:s + cfg.micro_batch_size], pad_id).items()}
         with amp():
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                            use_cache=False).logits
@@ -140,6 +144,8 @@ def train_step(model, opt, examples: list[Encoded], cfg: SFTConfig, pad_id: int,
             raise FloatingPointError(f"loss is {loss.item()}")
         loss.backward()
         total += loss.item()
+    distributed.all_reduce_gradients(model)
+    total = distributed.all_reduce_floats([total])[0]
     norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
     if not torch.isfinite(norm):
         opt.zero_grad(set_to_none=True)
@@ -147,6 +153,7 @@ def train_step(model, opt, examples: list[Encoded], cfg: SFTConfig, pad_id: int,
     opt.step()
     opt.zero_grad(set_to_none=True)
     check_finite_weights(model)  # an update can overflow even from a finite gradient; nothing is saved then
+    distributed.check_replicas(model, "sft")
     return {"loss": total, "grad_norm": float(norm), "tokens": n_tokens}
 
 
@@ -155,6 +162,7 @@ def evaluate(model, examples: list[Encoded], batch_size: int, pad_id: int, devic
     """Step 5: answer-token mean cross-entropy over the held-out rows (token-weighted across batches)."""
     model.eval()
     total, count = 0.0, 0.0
+    examples = distributed.my_items(examples)  # each process scores every N-th row; the sums are reduced
     for s in range(0, len(examples), batch_size):
         batch = {k: v.to(device) for k, v in collate(examples[s:s + batch_size], pad_id).items()}
         with amp():
@@ -162,21 +170,33 @@ def evaluate(model, examples: list[Encoded], batch_size: int, pad_id: int, devic
                            use_cache=False).logits
         ce_sum, n = ops.token_ce_sum(logits, batch["labels"])
         total, count = total + ce_sum.item(), count + n.item()
+    total, count = distributed.all_reduce_floats([total, count])
     loss = total / max(1.0, count)
     return {"eval_loss": loss, "eval_ppl": math.exp(min(loss, 50.0)), "eval_tokens": int(count)}
 
 
 def save_model(model, tokenizer, folder: Path) -> None:
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
+    """Written by the main process while the others wait."""
+    if distributed.is_main():
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+    distributed.barrier()
 
 
-def write_checkpoint(folder: Path, model, opt, state: dict) -> None:
-    """A resumable checkpoint: the model (HF format in `model/`), AdamW state, RNG state, trainer state."""
+def write_checkpoint(folder: Path, model, opt, state: dict, rng: dict | None = None) -> None:
+    """A resumable checkpoint: the model (HF format in `model/`), AdamW state, RNG state(s), trainer state."""
     model.save_pretrained(folder / "model")
     torch_save(opt.state_dict(), folder / "optimizer.pt")
-    torch_save(rng_state(), folder / "rng.pt")
+    torch_save(rng if rng is not None else rng_state(), folder / "rng.pt")
     save_json(folder / "trainer_state.json", state)
+
+
+def save_step_checkpoint(out: Path, step: int, model, opt, state: dict, keep: int) -> None:
+    """Every process's RNG state gathered, the checkpoint written by the main process, the others waiting."""
+    rng = distributed.gather_rng_states(rng_state())
+    if distributed.is_main():
+        save_checkpoint(out, step, lambda folder: write_checkpoint(folder, model, opt, state, rng), keep)
+    distributed.barrier()
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -188,7 +208,9 @@ def restore_trainer_state(ckpt, opt, stream: BatchStream, total: int, log: loggi
     A run resumed with another planned length recomputes its learning-rate schedule (warned)."""
     opt.load_state_dict(torch_load(ckpt / "optimizer.pt"))
     state = load_json(ckpt / "trainer_state.json")
-    set_rng_state(torch_load(ckpt / "rng.pt"))
+    rng = distributed.my_rng_state(torch_load(ckpt / "rng.pt"))
+    if rng is not None:
+        set_rng_state(rng)
     stream.epoch, stream.offset = state["epoch"], state["offset"]
     if state.get("total_steps") != total:
         log.warning("resuming a run planned for %s steps with %d steps: the schedule is recomputed",
@@ -200,7 +222,7 @@ def restore_trainer_state(ckpt, opt, stream: BatchStream, total: int, log: loggi
 def train(run: RunConfig, cfg: SFTConfig, resolved_config: dict | None = None) -> Path:
     """Run SFT; returns the folder of the final model (Hugging Face format, with the tokenizer)."""
     cfg.validate()
-    out, device = setup_run(run)
+    out, device = setup_run(run, data_parallel=True)
     seed_everything(run.seed)
     amp = autocast_for(device, run.precision)
     tokenizer = load_tokenizer(cfg.model, padding_side="left")  # saved with the model, ready for generation
@@ -229,8 +251,8 @@ def train(run: RunConfig, cfg: SFTConfig, resolved_config: dict | None = None) -
     if data.eval and ckpt is None:  # the held-out loss before any update
         row = metrics.log(0, evaluate(model, data.eval, cfg.eval_batch_size, pad_id, device, amp))
         log.info("step 0 eval_loss %.4f", row["eval_loss"])
-    bar = tqdm(range(start, total), initial=start, total=total, desc="sft", disable=not run.progress,
-               dynamic_ncols=True)
+    bar = tqdm(range(start, total), initial=start, total=total, desc="sft",
+               disable=not run.progress or not distributed.is_main(), dynamic_ncols=True)
     for step in bar:
         t0 = time.perf_counter()
         # 1. batch: the next rows of this epoch's seeded order
@@ -263,8 +285,7 @@ def train(run: RunConfig, cfg: SFTConfig, resolved_config: dict | None = None) -
         # 7. resumable checkpoint
         if cfg.checkpoint_every and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == total):
             state = {"step": step + 1, "epoch": stream.epoch, "offset": stream.offset, "total_steps": total}
-            save_checkpoint(out, step + 1, lambda folder, state=state: write_checkpoint(folder, model, opt, state),
-                            run.keep_checkpoints)
+            save_step_checkpoint(out, step + 1, model, opt, state, run.keep_checkpoints)
     bar.close()
     metrics.close()
     final = out / "model"
