@@ -143,6 +143,17 @@ def my_items(items: list) -> list:
     return items[_WORLD.rank::_WORLD.size] if _WORLD.enabled else items
 
 
+def gather_items(t: torch.Tensor, n: int) -> torch.Tensor:
+    """Undo `my_items`: every process's (n_i, ...) results of its every-N-th items -> (n, ...) in item order."""
+    if not _WORLD.enabled:
+        return t
+    parts = all_gather_object(t.detach().cpu())
+    out = torch.empty((n, *t.shape[1:]), dtype=t.dtype)
+    for r, p in enumerate(parts):
+        out[r::_WORLD.size] = p
+    return out.to(t.device)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # replicas
 

@@ -100,7 +100,7 @@ def setup_run(run: RunConfig, data_parallel: bool = False) -> tuple[Path, torch.
         from .config import ConfigError
 
         raise ConfigError(f"this stage runs in one process, not {world.size}: start it without accelerate launch "
-                          "/ torchrun (data parallel: rlaif sft, ppo, grpo)")
+                          "/ torchrun (data parallel: rlaif sft, rm, dpo, ppo, grpo)")
     device = pick_device(run.device)
     if world.enabled and device.type == "cuda":
         device = torch.device("cuda", world.local_rank)

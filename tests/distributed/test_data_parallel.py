@@ -4,7 +4,8 @@ GPUs `--multi_gpu` is its torchrun launcher and our code picks gloo and the CPU)
 
 - The PPO step (scoring, global whitening, critic and policy updates) in 2 processes equals the step in 1
   process on the same global batch, and the processes' parameters are identical after every iteration.
-- `rlaif sft` in 2 processes ends with the weights of the same run in 1 process (same logged losses).
+- `rlaif sft`, `rlaif rm` and `rlaif dpo` in 2 processes end with the weights of the same run in 1 process
+  (same logged losses, accuracies and held-out figures).
 - `rlaif ppo` and `rlaif grpo` through the CLI in 2 processes: one metrics row per iteration counting every
   process's tokens, one checkpoint holding both processes' RNG streams, and a rerun resumes from it.
 - A batch that does not split, or a stage that does not shard its work, stops both processes with the config
@@ -76,33 +77,50 @@ def test_two_process_ppo_step_equals_one_process(tiny_model_dir, tmp_path):
     assert moved > 1e-3  # two AdamW steps at lr 1e-3
 
 
-def test_rlaif_sft_two_processes_equal_one(tiny_model_dir, tmp_path):
+def _stage_args(stage: str, model: str, tmp_path: Path) -> tuple[list[str], str, tuple[str, ...]]:
+    """CLI overrides of a small run of `stage`, its saved weights' folder and the logged keys to compare."""
+    from rm_data import toy_pairs, write_jsonl
+
+    common = [f"{stage}.micro_batch_size=2", f"{stage}.gradient_accumulation_steps=2", f"{stage}.learning_rate=1e-3",
+              f"{stage}.checkpoint_every=2", f"{stage}.eval_fraction=0.2", f"{stage}.epochs=2"]
+    if stage == "sft":
+        qa = [("What is 2 plus 2?", "Four."), ("Name a primary colour.", "Red is one."),
+              ("Why is the sky blue?", "Air scatters blue light more than red light."),
+              ("Define photosynthesis.", "Plants turn light, water and CO2 into sugar."), ("Say hi.", "Hi!")]
+        data = write_jsonl(tmp_path / "sft.jsonl", [{"prompt": q, "completion": a}
+                                                    for q, a in qa * 2 + [("Say bye.", "Bye!")]])
+        return [f"sft.model={model}", f"sft.data={data}", *common], "model", ("loss", "grad_norm", "eval_loss")
+    data = write_jsonl(tmp_path / "prefs.jsonl", toy_pairs(11, soft=True))
+    if stage == "rm":
+        return ([f"rm.model={model}", f"rm.data={data}", *common], "model",
+                ("loss", "accuracy", "margin_mean", "grad_norm", "eval_loss", "eval_accuracy"))
+    return ([f"dpo.policy={model}", f"dpo.data={data}", *common], "policy",
+            ("loss", "reward_margin", "grad_norm", "eval_loss", "eval_reward_margin"))
+
+
+@pytest.mark.parametrize("stage", ["sft", "rm", "dpo"])
+def test_training_stage_in_two_processes_equals_one(stage, tiny_model_dir, tmp_path):
+    """11 rows, 2 held out, 2 x 2 per step: each epoch ends with a 1-row step, where one process has nothing
+    to do; the logged figures and the final weights are those of the 1-process run."""
     from safetensors.torch import load_file
 
-    data = tmp_path / "sft.jsonl"
-    qa = [("What is 2 plus 2?", "Four."), ("Name a primary colour.", "Red is one."),
-          ("Why is the sky blue?", "Air scatters blue light more than red light."),
-          ("Define photosynthesis.", "Plants turn light, water and CO2 into sugar."), ("Say hi.", "Hi!")]
-    data.write_text("".join(json.dumps({"prompt": q, "completion": a}) + "\n" for q, a in qa * 2 + [("Say bye.", "Bye!")]), encoding="utf-8")
+    args, folder, keys = _stage_args(stage, tiny_model_dir, tmp_path)
     outs = {}
     for n in (1, 2):
-        out = tmp_path / f"sft{n}"
-        # 11 rows, 2 held out, 2 x 2 per step: each epoch ends with a 1-row step (one process has nothing to do)
-        proc = launch(["-m", "rlaif.cli", "sft", f"run.output_dir={out}", "run.progress=false", "run.device=cpu",
-                       f"sft.model={tiny_model_dir}", f"sft.data={data}", "sft.eval_fraction=0.2", "sft.epochs=2",
-                       "sft.micro_batch_size=2", "sft.gradient_accumulation_steps=2", "sft.learning_rate=1e-3",
-                       "sft.checkpoint_every=2", "run.keep_checkpoints=1"], n, tmp_path)
+        outs[n] = tmp_path / f"{stage}{n}"
+        proc = launch(["-m", "rlaif.cli", stage, f"run.output_dir={outs[n]}", "run.progress=false", "run.device=cpu",
+                       "run.keep_checkpoints=1", *args], n, tmp_path)
         assert proc.returncode == 0, proc.stderr[-3000:]
-        outs[n] = out
     rows1, rows2 = read_metrics(outs[1]), read_metrics(outs[2])
     assert [r["step"] for r in rows1] == [r["step"] for r in rows2] == list(range(7))
-    assert rows1[3]["rows"] == 1
     for a, b in zip(rows1, rows2):
-        for key in ("loss", "grad_norm", "tokens", "eval_loss"):
+        for key in keys:
             if key in a:
-                assert b[key] == pytest.approx(a[key], rel=1e-4), (a["step"], key)
-    w1, w2 = (load_file(str(o / "model" / "model.safetensors")) for o in (outs[1], outs[2]))
+                assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), (a["step"], key)
+    w1, w2 = (load_file(str(o / folder / "model.safetensors")) for o in (outs[1], outs[2]))
     assert max((w1[k] - w2[k]).abs().max().item() for k in w1) < 1e-4
+    (_, ckpt), = list_checkpoints(outs[2])
+    assert len(torch.load(ckpt / "rng.pt", weights_only=False)["per_process"]) == 2
 
 
 def _cli(stage: str, out: Path, model: str, extra: list[str]) -> list[str]:

@@ -35,7 +35,7 @@ from typing import Literal
 import torch
 from tqdm.auto import tqdm
 
-from .. import ops
+from .. import distributed, ops
 from ..checkpoint import atomic_dir, find_resume_checkpoint, load_json, save_checkpoint, save_json, torch_load
 from ..config import ConfigError, check_training_fields, field
 from ..data.preferences import PreferenceRow, load_preference_split
@@ -44,7 +44,7 @@ from ..finite import check_finite_weights
 from ..metrics import MetricsLogger, read_metrics
 from ..models.loading import disable_dropout, load_causal_lm, load_tokenizer
 from ..runtime import RunConfig, autocast_for, seed_everything, setup_run
-from .sft import BatchStream, restore_trainer_state, save_model, write_checkpoint
+from .sft import BatchStream, restore_trainer_state, save_step_checkpoint
 
 log = logging.getLogger("rlaif.dpo")
 
@@ -155,16 +155,17 @@ def policy_logps(model, pairs: list[EncodedPair], pad_id: int, device, amp) -> t
 @torch.no_grad()
 def score_all(model, pairs: list[EncodedPair], batch_size: int, pad_id: int, device, amp
               ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(n,) chosen and (n,) rejected log-probabilities of every pair, without gradients, on the CPU."""
+    """(n,) chosen and (n,) rejected log-probabilities of every pair, without gradients, on the CPU (with N
+    processes each scores every N-th pair and every process gets all n)."""
     model.eval()
-    chosen, rejected = [], []
-    for s in range(0, len(pairs), batch_size):
-        c, r = policy_logps(model, pairs[s:s + batch_size], pad_id, device, amp)
+    chosen, rejected = [torch.zeros(0)], [torch.zeros(0)]
+    mine = distributed.my_items(pairs)
+    for s in range(0, len(mine), batch_size):
+        c, r = policy_logps(model, mine[s:s + batch_size], pad_id, device, amp)
         chosen.append(c.float().cpu())
         rejected.append(r.float().cpu())
-    if not chosen:
-        return torch.zeros(0), torch.zeros(0)
-    return torch.cat(chosen), torch.cat(rejected)
+    return (distributed.gather_items(torch.cat(chosen), len(pairs)),
+            distributed.gather_items(torch.cat(rejected), len(pairs)))
 
 
 def cache_key(reference: str, pairs: dict[str, list[EncodedPair]], device, precision: str) -> str:
@@ -223,7 +224,9 @@ def reference_logps(cfg: DPOConfig, run: RunConfig, out: Path, pairs: dict[str, 
     bad = [k for k, v in cached.items() if isinstance(v, torch.Tensor) and not bool(torch.isfinite(v).all())]
     if bad:  # nothing to learn against: stop before the cache or any update is written
         raise FloatingPointError(f"reference {name}: non-finite log-probabilities in {', '.join(bad)}")
-    save_reference_cache(path, cached)
+    if distributed.is_main():
+        save_reference_cache(path, cached)
+    distributed.barrier()
     log.info("reference log-probabilities of %d answers computed in %.1f s and cached in %s",
              2 * sum(len(v) for v in pairs.values()), time.perf_counter() - t0, path)
     return cached, "computed"
@@ -242,13 +245,17 @@ def train_step(model, opt, pairs: list[EncodedPair], ref: tuple[torch.Tensor, to
                pad_id: int, device, amp) -> dict[str, float]:
     """Steps 3-4: per micro-batch, sum of pair losses / pairs of the whole step; clip; AdamW.
 
-    `ref`: (b,) cached reference log-probabilities of the step's chosen and rejected answers.
+    `ref`: (b,) cached reference log-probabilities of the step's chosen and rejected answers. With N processes
+    each takes every N-th pair and the gradients are summed over processes (the normaliser counts every
+    process's pairs), so the step equals one process's.
     """
     model.train()
     n_pairs = len(pairs)  # the normaliser of the whole optimizer step
-    parts: dict[str, list[torch.Tensor]] = {"losses": [], "chosen": [], "rejected": [], "logp_c": [], "logp_r": []}
-    for s in range(0, n_pairs, cfg.micro_batch_size):
-        part = pairs[s:s + cfg.micro_batch_size]
+    mine, ref = distributed.my_items(pairs), (distributed.my_items(ref[0]), distributed.my_items(ref[1]))
+    parts: dict[str, list[torch.Tensor]] = {k: [torch.zeros(0)] for k in ("losses", "chosen", "rejected", "logp_c",
+                                                                          "logp_r")}
+    for s in range(0, len(mine), cfg.micro_batch_size):
+        part = mine[s:s + cfg.micro_batch_size]
         chosen, rejected = policy_logps(model, part, pad_id, device, amp)
         eps = torch.tensor([p.smoothing for p in part], device=chosen.device)
         losses, chosen_r, rejected_r = ops.dpo_loss(chosen, rejected, ref[0][s:s + len(part)].to(device),
@@ -260,6 +267,7 @@ def train_step(model, opt, pairs: list[EncodedPair], ref: tuple[torch.Tensor, to
         loss.backward()
         for k, v in zip(parts, (losses, chosen_r, rejected_r, chosen, rejected)):
             parts[k].append(v.detach().float().cpu())
+    distributed.all_reduce_gradients(model)
     norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
     if not torch.isfinite(norm):
         opt.zero_grad(set_to_none=True)
@@ -267,7 +275,8 @@ def train_step(model, opt, pairs: list[EncodedPair], ref: tuple[torch.Tensor, to
     opt.step()
     opt.zero_grad(set_to_none=True)
     check_finite_weights(model)  # an update can overflow even from a finite gradient; nothing is saved then
-    cat = {k: torch.cat(v) for k, v in parts.items()}
+    distributed.check_replicas(model, "dpo")
+    cat = {k: distributed.gather_items(torch.cat(v), n_pairs) for k, v in parts.items()}
     return {**pair_stats(cat["losses"], cat["chosen"], cat["rejected"]),
             "logps_chosen": cat["logp_c"].mean().item(), "logps_rejected": cat["logp_r"].mean().item(),
             "grad_norm": float(norm), "pairs": n_pairs,
@@ -306,7 +315,7 @@ def train(run: RunConfig, cfg: DPOConfig, resolved_config: dict | None = None, d
     """
     cfg.validate()
     data = data if data is not None else read_data(cfg, run.seed)  # bad input fails before any output
-    out, device = setup_run(run)
+    out, device = setup_run(run, data_parallel=True)
     seed_everything(run.seed)
     amp = autocast_for(device, run.precision)
     tokenizer = load_tokenizer(cfg.policy, padding_side="left")  # saved with the policy, ready for generation
@@ -344,8 +353,8 @@ def train(run: RunConfig, cfg: DPOConfig, resolved_config: dict | None = None, d
 
     if pairs["eval"] and ckpt is None:  # before any update: rewards 0, loss log 2
         metrics.log(0, evaluate(model, pairs["eval"], ref_eval, cfg, pad_id, device, amp))
-    bar = tqdm(range(start, total), initial=start, total=total, desc="dpo", disable=not run.progress,
-               dynamic_ncols=True)
+    bar = tqdm(range(start, total), initial=start, total=total, desc="dpo",
+               disable=not run.progress or not distributed.is_main(), dynamic_ncols=True)
     last_eval: dict[str, float] | None = None
     for step in bar:
         t0 = time.perf_counter()
@@ -382,16 +391,20 @@ def train(run: RunConfig, cfg: DPOConfig, resolved_config: dict | None = None, d
         if cfg.checkpoint_every and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == total):
             state = {"stage": "dpo", "step": step + 1, "epoch": stream.epoch, "offset": stream.offset,
                      "total_steps": total}
-            save_checkpoint(out, step + 1, lambda folder, state=state: write_checkpoint(folder, model, opt, state),
-                            run.keep_checkpoints)
+            save_step_checkpoint(out, step + 1, model, opt, state, run.keep_checkpoints, save_checkpoint)
     bar.close()
     metrics.close()
 
     final = out / "policy"
-    with atomic_dir(final) as tmp:
-        save_model(model, tokenizer, tmp)
+    if distributed.is_main():
+        with atomic_dir(final) as tmp:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+    distributed.barrier()
     if pairs["eval"] and last_eval is None:  # a rerun of a finished run
         last_eval = evaluate(model, pairs["eval"], ref_eval, cfg, pad_id, device, amp)
+    if not distributed.is_main():
+        return final
     logged = {r["step"]: r for r in read_metrics(out)}  # the same summary whether or not the run was resumed
     strip = len("eval_")
     summary = {

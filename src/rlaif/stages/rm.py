@@ -29,14 +29,13 @@ from typing import Literal
 import torch
 from tqdm.auto import tqdm
 
-from .. import ops
+from .. import distributed, ops
 from ..checkpoint import (
     atomic_dir,
     find_resume_checkpoint,
     load_json,
     save_checkpoint,
     save_json,
-    torch_save,
 )
 from ..config import ConfigError, check_training_fields, field
 from ..data.preferences import PreferenceRow, load_preference_split
@@ -44,8 +43,8 @@ from ..finite import check_finite_weights
 from ..metrics import MetricsLogger
 from ..models.loading import disable_dropout, is_decoder_only, load_sequence_classifier, load_tokenizer
 from ..rewards.sources import encode_reward_inputs
-from ..runtime import RunConfig, autocast_for, rng_state, seed_everything, setup_run
-from .sft import BatchStream, restore_trainer_state
+from ..runtime import RunConfig, autocast_for, seed_everything, setup_run
+from .sft import BatchStream, restore_trainer_state, save_step_checkpoint
 
 log = logging.getLogger("rlaif.rm")
 
@@ -152,13 +151,17 @@ def learning_rate(step: int, total: int, cfg: RMConfig) -> float:
 
 def train_step(model, opt, tokenizer, fmt: str, rows: list[PreferenceRow], cfg: RMConfig, device, amp
                ) -> dict[str, float]:
-    """Steps 3-4: per micro-batch, sum of pair losses / pairs of the whole step; clip; AdamW."""
+    """Steps 3-4: per micro-batch, sum of pair losses / pairs of the whole step; clip; AdamW.
+
+    `rows`: the whole step's pairs; with N processes each takes every N-th pair and the gradients are summed over
+    processes (the normaliser counts every process's pairs), so the step equals one process's."""
     model.train()
     n_pairs = len(rows)  # the normaliser of the whole optimizer step
+    mine = distributed.my_items(rows)
     sums = {"loss": 0.0, "bt_loss": 0.0, "center_penalty": 0.0}
-    chosen_all, rejected_all, n_full = [], [], 0
-    for s in range(0, n_pairs, cfg.micro_batch_size):
-        part = rows[s:s + cfg.micro_batch_size]
+    chosen_all, rejected_all, n_full = [torch.zeros(0)], [torch.zeros(0)], 0
+    for s in range(0, len(mine), cfg.micro_batch_size):
+        part = mine[s:s + cfg.micro_batch_size]
         chosen, rejected, full = pair_rewards(model, tokenizer, fmt, part, cfg.max_length, device, amp)
         total, bt, center = pair_loss(chosen, rejected, part, cfg)
         loss = total * (len(part) / n_pairs)  # mean over the micro-batch -> its share of the step's mean
@@ -173,6 +176,9 @@ def train_step(model, opt, tokenizer, fmt: str, rows: list[PreferenceRow], cfg: 
         chosen_all.append(chosen.detach().cpu())
         rejected_all.append(rejected.detach().cpu())
         n_full += full
+    distributed.all_reduce_gradients(model)
+    reduced = distributed.all_reduce_floats([*sums.values(), n_full])
+    sums, n_full = dict(zip(sums, reduced[:-1])), int(reduced[-1])
     norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
     if not torch.isfinite(norm):
         opt.zero_grad(set_to_none=True)
@@ -180,7 +186,9 @@ def train_step(model, opt, tokenizer, fmt: str, rows: list[PreferenceRow], cfg: 
     opt.step()
     opt.zero_grad(set_to_none=True)
     check_finite_weights(model)  # an update can overflow even from a finite gradient; nothing is saved then
-    stats = ops.pairwise_stats(torch.cat(chosen_all), torch.cat(rejected_all))
+    distributed.check_replicas(model, "rm")
+    stats = ops.pairwise_stats(distributed.gather_items(torch.cat(chosen_all), n_pairs),
+                               distributed.gather_items(torch.cat(rejected_all), n_pairs))
     return {**sums, **stats, "grad_norm": float(norm), "pairs": n_pairs, "inputs_at_max_length": n_full}
 
 
@@ -189,14 +197,17 @@ def evaluate(model, tokenizer, fmt: str, rows: list[PreferenceRow], cfg: RMConfi
              prefix: str = "eval_") -> dict[str, float]:
     """Step 5: held-out pairwise accuracy, loss (pair-weighted over batches) and reward scale."""
     model.eval()
-    chosen_all, rejected_all, bt_sum = [], [], 0.0
-    for s in range(0, len(rows), cfg.eval_batch_size):
-        part = rows[s:s + cfg.eval_batch_size]
+    chosen_all, rejected_all, bt_sum = [torch.zeros(0)], [torch.zeros(0)], 0.0
+    mine = distributed.my_items(rows)  # each process scores every N-th pair; results gathered in order
+    for s in range(0, len(mine), cfg.eval_batch_size):
+        part = mine[s:s + cfg.eval_batch_size]
         chosen, rejected, _ = pair_rewards(model, tokenizer, fmt, part, cfg.max_length, device, amp)
         bt_sum += pair_loss(chosen, rejected, part, cfg)[1].item() * len(part)
-        chosen_all.append(chosen.cpu())
-        rejected_all.append(rejected.cpu())
-    stats = ops.pairwise_stats(torch.cat(chosen_all), torch.cat(rejected_all))
+        chosen_all.append(chosen.float().cpu())
+        rejected_all.append(rejected.float().cpu())
+    bt_sum = distributed.all_reduce_floats([bt_sum])[0]
+    stats = ops.pairwise_stats(distributed.gather_items(torch.cat(chosen_all), len(rows)),
+                               distributed.gather_items(torch.cat(rejected_all), len(rows)))
     return {f"{prefix}loss": bt_sum / len(rows), **{prefix + k: v for k, v in stats.items()},
             f"{prefix}pairs": len(rows)}
 
@@ -206,27 +217,23 @@ def chosen_rewards(model, tokenizer, fmt: str, rows: list[PreferenceRow], cfg: R
                    ) -> torch.Tensor:
     """(n,) raw rewards of the `chosen` answers (the bias pass after training)."""
     model.eval()
-    out = []
-    for s in range(0, len(rows), cfg.eval_batch_size):
-        part = rows[s:s + cfg.eval_batch_size]
+    out = [torch.zeros(0)]
+    mine = distributed.my_items(rows)
+    for s in range(0, len(mine), cfg.eval_batch_size):
+        part = mine[s:s + cfg.eval_batch_size]
         out.append(rewards_of(model, tokenizer, fmt, [x.prompt for x in part], [x.chosen for x in part],
-                              cfg.max_length, device, amp)[0].cpu())
-    return torch.cat(out)
-
-
-def _write_checkpoint(folder: Path, model, opt, state: dict) -> None:
-    model.save_pretrained(folder / "model")
-    torch_save(opt.state_dict(), folder / "optimizer.pt")
-    torch_save(rng_state(), folder / "rng.pt")
-    save_json(folder / "trainer_state.json", state)
+                              cfg.max_length, device, amp)[0].float().cpu())
+    return distributed.gather_items(torch.cat(out), len(rows))
 
 
 def save_reward_model(model, tokenizer, folder: Path, bias: float) -> None:
     """The final RM in Hugging Face format with its tokenizer and `rlaif_reward_bias`, written atomically."""
     model.config.rlaif_reward_bias = bias
-    with atomic_dir(folder) as tmp:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+    if distributed.is_main():
+        with atomic_dir(folder) as tmp:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+    distributed.barrier()
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -241,7 +248,7 @@ def train(run: RunConfig, cfg: RMConfig, resolved_config: dict | None = None, da
     cfg.validate()
     data = data if data is not None else read_data(cfg, run.seed)  # bad input fails before any output
     tokenizer = load_tokenizer(cfg.model, padding_side="right")  # as ModelReward loads it
-    out, device = setup_run(run)
+    out, device = setup_run(run, data_parallel=True)
     seed_everything(run.seed)
     amp = autocast_for(device, run.precision)
     batch = cfg.micro_batch_size * cfg.gradient_accumulation_steps
@@ -272,8 +279,8 @@ def train(run: RunConfig, cfg: RMConfig, resolved_config: dict | None = None, da
     if data.eval and ckpt is None:  # held-out accuracy before any update (about 0.5 for a fresh head)
         row = metrics.log(0, evaluate(model, tokenizer, fmt, data.eval, cfg, device, amp))
         log.info("step 0 eval_accuracy %.3f eval_loss %.4f", row["eval_accuracy"], row["eval_loss"])
-    bar = tqdm(range(start, total), initial=start, total=total, desc="rm", disable=not run.progress,
-               dynamic_ncols=True)
+    bar = tqdm(range(start, total), initial=start, total=total, desc="rm",
+               disable=not run.progress or not distributed.is_main(), dynamic_ncols=True)
     last_eval: dict[str, float] | None = None
     for step in bar:
         t0 = time.perf_counter()
@@ -307,8 +314,7 @@ def train(run: RunConfig, cfg: RMConfig, resolved_config: dict | None = None, da
         if cfg.checkpoint_every and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == total):
             state = {"stage": "rm", "step": step + 1, "epoch": stream.epoch, "offset": stream.offset,
                      "total_steps": total}
-            save_checkpoint(out, step + 1, lambda folder, state=state: _write_checkpoint(folder, model, opt, state),
-                            run.keep_checkpoints)
+            save_step_checkpoint(out, step + 1, model, opt, state, run.keep_checkpoints, save_checkpoint)
     bar.close()
     metrics.close()
 
@@ -331,7 +337,8 @@ def train(run: RunConfig, cfg: RMConfig, resolved_config: dict | None = None, da
         summary["eval"] = ev
         log.info("held-out accuracy %.3f, margin %.4g, reward std %.4g (bias %.4g)", ev["accuracy"],
                  ev["margin_mean"], ev["reward_std"], bias)
-    save_json(out / "summary.json", summary)
+    if distributed.is_main():
+        save_json(out / "summary.json", summary)
     return final
 
 

@@ -191,11 +191,12 @@ def write_checkpoint(folder: Path, model, opt, state: dict, rng: dict | None = N
     save_json(folder / "trainer_state.json", state)
 
 
-def save_step_checkpoint(out: Path, step: int, model, opt, state: dict, keep: int) -> None:
-    """Every process's RNG state gathered, the checkpoint written by the main process, the others waiting."""
+def save_step_checkpoint(out: Path, step: int, model, opt, state: dict, keep: int, save=None) -> None:
+    """Every process's RNG state gathered, the checkpoint written by the main process, the others waiting.
+    `save`: the calling stage's `save_checkpoint` (looked up there, so a test can wrap it per stage)."""
     rng = distributed.gather_rng_states(rng_state())
     if distributed.is_main():
-        save_checkpoint(out, step, lambda folder: write_checkpoint(folder, model, opt, state, rng), keep)
+        (save or save_checkpoint)(out, step, lambda folder: write_checkpoint(folder, model, opt, state, rng), keep)
     distributed.barrier()
 
 
