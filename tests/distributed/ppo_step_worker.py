@@ -1,7 +1,9 @@
 """Two PPO iterations on a fixed global batch, in however many processes launched this script.
 
-    python ppo_step_worker.py MODEL_DIR OUT_DIR                      # one process
-    accelerate launch --multi_gpu --num_processes 2 ... ppo_step_worker.py MODEL_DIR OUT_DIR
+    python ppo_step_worker.py MODEL_DIR OUT_DIR CRITIC                      # one process
+    accelerate launch --multi_gpu --num_processes 2 ... ppo_step_worker.py MODEL_DIR OUT_DIR CRITIC
+
+CRITIC: separate | shared (ppo.critic).
 
 Every process samples the SAME global batch of 8 rollouts (same weights, same seed), keeps its shard, and runs the
 stage's own steps: scoring, advantages (whitening over the global batch), the critic and the policy update
@@ -32,7 +34,7 @@ QUESTIONS = ["What is the capital of France?", "Name a primary colour.", "How do
              "Give one tip for sleeping well.", "What is 2 plus 2?"]
 
 
-def main(model_dir: str, out_dir: str) -> None:
+def main(model_dir: str, out_dir: str, critic: str) -> None:
     out = Path(out_dir)
     world = distributed.init_from_env("cpu")
     torch.set_num_threads(1)
@@ -40,15 +42,15 @@ def main(model_dir: str, out_dir: str) -> None:
         f"ppo.policy={model_dir}", "ppo.reward.function=unused:unused", "ppo.batch_size=8",
         "ppo.micro_batch_size=2", "ppo.gradient_accumulation_steps=4", "ppo.forward_batch_size=4",
         "ppo.learning_rate=1e-3", "ppo.value_learning_rate=1e-3", "ppo.generation.max_new_tokens=6",
-        "ppo.generation.min_new_tokens=6", "ppo.missing_eos=keep", "ppo.whiten_rewards=true",
+        "ppo.generation.min_new_tokens=6", "ppo.missing_eos=keep", "ppo.whiten_rewards=true", f"ppo.critic={critic}",
     ]).ppo
     ppo.check_data_parallel(cfg.batch_size, cfg.gradient_accumulation_steps, "ppo", "batch_size")
     device = torch.device("cpu")
     torch.manual_seed(0)
     models = ppo.build_models(cfg, device)
     ppo.start_replicas(models, 0)
-    opts = (torch.optim.AdamW(models.policy.parameters(), lr=cfg.learning_rate),
-            torch.optim.AdamW(models.value.parameters(), lr=cfg.value_learning_rate))
+    opts = ppo.build_optimizers(models, cfg)
+    critic = models.value if models.value is not None else models.value_head
     rows = [PromptRow(id=f"p{i}", messages=(("user", q),)) for i, q in enumerate(QUESTIONS)]
     mine = distributed.shard(len(rows))
     amp = autocast_for(device, "fp32")
@@ -69,19 +71,19 @@ def main(model_dir: str, out_dir: str) -> None:
         sc = ppo.Scored(rollout, scores, scores, torch.ones(len(rollout), dtype=torch.bool), mask, logprobs,
                         ref_logprobs, values, adv["rewards"], adv["kl"], adv["advantages"], adv["returns"], None)
         shuffle = torch.Generator().manual_seed(7)
-        stats = value_update(models, opts[1], sc, cfg, device, amp, shuffle)
+        stats = value_update(models, opts[1], sc, cfg, device, amp, shuffle) if models.value is not None else {}
         stats.update(policy_update(models, opts[0], sc, cfg.kl_coef, cfg, device, amp, shuffle))
         whole = ppo.global_view(sc)
         stats["advantage_sum_sq"] = float((whole.advantages ** 2).sum())
         stats["n_rows_here"] = len(rollout)
         stats_log.append(stats)
-        fingerprints.append([distributed.parameter_fingerprint(m).tolist() for m in (models.policy, models.value)])
+        fingerprints.append([distributed.parameter_fingerprint(m).tolist() for m in (models.policy, critic)])
     (out / f"fingerprints-rank{world.rank}.json").write_text(json.dumps(fingerprints))
     if world.is_main:
-        torch.save({"policy": models.policy.state_dict(), "value": models.value.state_dict()}, out / "weights.pt")
+        torch.save({"policy": models.policy.state_dict(), "value": critic.state_dict()}, out / "weights.pt")
         (out / "stats.json").write_text(json.dumps(stats_log))
     distributed.barrier()
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(sys.argv[1], sys.argv[2], sys.argv[3])

@@ -42,13 +42,14 @@ def launch(args: list[str], processes: int, tmp_path: Path, timeout: float = 300
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=tmp_path)
 
 
-def test_two_process_ppo_step_equals_one_process(tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("critic", ["separate", "shared"])
+def test_two_process_ppo_step_equals_one_process(critic, tiny_model_dir, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     one.mkdir()
     two.mkdir()
     worker = str(HERE / "ppo_step_worker.py")
     for out, n in ((one, 1), (two, 2)):
-        proc = launch([worker, tiny_model_dir, str(out)], n, tmp_path)
+        proc = launch([worker, tiny_model_dir, str(out), critic], n, tmp_path)
         assert proc.returncode == 0, proc.stderr[-3000:]
 
     # the two processes held bit-identical parameters after each of the 2 iterations
@@ -62,7 +63,7 @@ def test_two_process_ppo_step_equals_one_process(tiny_model_dir, tmp_path):
     for a, b in zip(s1, s2):
         assert a["advantage_sum_sq"] == pytest.approx(47.0, abs=1e-3)
         assert b["advantage_sum_sq"] == pytest.approx(47.0, abs=1e-3)
-        for key in ("value_loss", "value_grad_norm", "policy_grad_norm", "entropy", "approx_kl", "clipfrac"):
+        for key in ("value_loss", "policy_loss", "policy_grad_norm", "entropy", "approx_kl", "clipfrac"):
             assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), key
 
     # the update equals the single-process one on the same global batch (and it moved the weights far more)

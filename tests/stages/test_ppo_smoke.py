@@ -214,3 +214,85 @@ def test_prompt_mean_baseline_centres_each_prompts_scores(tmp_path, tiny_model_d
                      (["ppo.score_baseline=prompt_mean"], "ppo.score_baseline")):
         with pytest.raises(Exception, match=key):
             load_config(RootConfig, None, bad)
+
+
+def test_shared_critic_one_pass_gives_the_policys_logprobs_and_head_values(tiny_model_dir):
+    """response_logprobs_and_values: the same log-probs as the policy's own pass, and values = the head on the
+    backbone's final (normalised) hidden state at positions p-1 .. p+r-2, computed here by hand."""
+    from rlaif.models.loading import load_causal_lm
+    from rlaif.rollout.scoring import _joined, response_logprobs, response_logprobs_and_values
+
+    model = load_causal_lm(tiny_model_dir, device="cpu").eval()
+    torch.manual_seed(0)
+    head = torch.nn.Linear(model.config.hidden_size, 1)
+    prompt_ids = torch.tensor([[0, 5, 6, 7], [8, 9, 10, 11]])
+    prompt_mask = torch.tensor([[0, 1, 1, 1], [1, 1, 1, 1]])  # left padding on row 0
+    response_ids = torch.tensor([[12, 13, 14], [15, 16, 0]])
+    response_mask = torch.tensor([[True, True, True], [True, True, False]])
+    args = (prompt_ids, prompt_mask, response_ids, response_mask)
+    with torch.no_grad():
+        lp, _, _, values = response_logprobs_and_values(model, head, *args, 0.7)
+        lp_ref = response_logprobs(model, *args, 0.7)[0]
+        ids, attn, pos = _joined(*args)
+        hidden = model.model(input_ids=ids, attention_mask=attn, position_ids=pos).last_hidden_state
+        by_hand = head(hidden[:, 3:6]).squeeze(-1)  # p = 4, r = 3: positions 3, 4, 5 predict tokens 0, 1, 2
+    torch.testing.assert_close(lp, lp_ref)
+    torch.testing.assert_close(values, by_hand)
+    assert values.shape == (2, 3)
+
+
+def test_ppo_with_a_shared_critic(tmp_path, tiny_model_dir, prompts_file, monkeypatch):
+    """critic=shared: no second backbone is loaded, the value head and every policy weight train in one step,
+    the value loss is logged, and a run resumed from its checkpoint ends with the same weights and head."""
+    seen: dict = {}
+    original = ppo.build_models
+
+    def wrapper(cfg, device):
+        seen["models"] = original(cfg, device)
+        return seen["models"]
+
+    monkeypatch.setattr(ppo, "build_models", wrapper)
+    out = tmp_path / "shared"
+    args = ppo_overrides(out, tiny_model_dir, prompts_file, "ppo.critic=shared", "ppo.iterations=3",
+                         "ppo.checkpoint_every=1", "run.keep_checkpoints=3")
+    assert cli_main(["ppo", *args]) == 0
+    models = seen["models"]
+    assert models.value is None and models.value_head is not None
+    rows = read_metrics(out)
+    assert [r["iteration"] for r in rows] == [1, 2, 3]
+    for r in rows:
+        assert_finite(r, "policy_loss", "value_loss", "vf_clipfrac", "kl", "policy_grad_norm", "value_mean")
+    assert rows[0]["value_mean"] == 0.0  # the head starts at V = 0
+    assert rows[1]["value_mean"] != 0.0  # and has learnt by the second rollout
+    head_final = {k: v.clone() for k, v in models.value_head.state_dict().items()}
+    policy_final = {k: v.detach().clone() for k, v in models.policy.named_parameters()}
+
+    # the same command, resumed from iteration 2's checkpoint, ends where the uninterrupted run ended
+    import shutil
+
+    from rlaif.checkpoint import list_checkpoints
+
+    resumed = tmp_path / "resumed"
+    shutil.copytree(out, resumed)
+    shutil.rmtree(resumed / "policy")
+    for step, path in list_checkpoints(resumed):
+        if step == 3:
+            shutil.rmtree(path)
+    calls = []
+    sample = ppo.sample_responses
+    monkeypatch.setattr(ppo, "sample_responses", lambda *a, **k: calls.append(1) or sample(*a, **k))
+    assert cli_main(["ppo", *ppo_overrides(resumed, tiny_model_dir, prompts_file, "ppo.critic=shared",
+                                           "ppo.iterations=3", "ppo.checkpoint_every=1",
+                                           "run.keep_checkpoints=3")]) == 0
+    assert len(calls) == 1  # only iteration 3 ran again
+    models = seen["models"]
+    for k, v in models.value_head.state_dict().items():
+        torch.testing.assert_close(v, head_final[k], rtol=1e-5, atol=1e-6)
+    for k, v in models.policy.named_parameters():
+        torch.testing.assert_close(v.detach(), policy_final[k], rtol=1e-5, atol=1e-6)
+    assert [r["iteration"] for r in read_metrics(resumed)] == [1, 2, 3]
+
+
+def test_shared_critic_rejects_a_separate_critic_source(tmp_path, tiny_model_dir, prompts_file):
+    assert cli_main(["ppo", *ppo_overrides(tmp_path, tiny_model_dir, prompts_file, "ppo.critic=shared",
+                                           "ppo.value_init=reward")]) == 2

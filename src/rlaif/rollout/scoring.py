@@ -37,6 +37,28 @@ def response_logprobs(
     return lp, ent, logits
 
 
+def response_logprobs_and_values(
+    model, head: torch.nn.Module, prompt_ids, prompt_mask, response_ids, response_mask, temperature: float,
+    with_entropy: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    """One forward pass of a policy whose critic shares its backbone: (logprobs (b, r), entropy (b, r) or None,
+    logits (b, r, v), values (b, r)).
+
+    The values read the hidden states the policy's output layer reads (captured on their way into it), at the
+    positions whose logits predict each response token: V(s_t) from position p-1+t, as `response_values`.
+    """
+    captured: list[torch.Tensor] = []
+    hook = model.get_output_embeddings().register_forward_pre_hook(lambda _m, args: captured.append(args[0]))
+    try:
+        lp, ent, logits = response_logprobs(model, prompt_ids, prompt_mask, response_ids, response_mask,
+                                            temperature, with_entropy)
+    finally:
+        hook.remove()
+    hidden = captured[-1][:, -(response_ids.shape[1] + 1):-1]  # the logits_to_keep = r + 1 positions, minus the last
+    values = head(hidden.to(head.weight.dtype)).squeeze(-1).float()
+    return lp, ent, logits, values
+
+
 def response_values(value_model, prompt_ids, prompt_mask, response_ids, response_mask) -> torch.Tensor:
     """Per-token values (b, r) from an `AutoModelForSequenceClassification` critic.
 

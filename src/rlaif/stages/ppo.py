@@ -53,7 +53,7 @@ from ..models.lora import (
 from ..rewards.judge_reward import JudgeReward
 from ..rewards.sources import EnsembleReward, check_finite, make_reward_source
 from ..rollout.generate import Rollout, sample_responses
-from ..rollout.scoring import response_logprobs, response_values, value_head
+from ..rollout.scoring import response_logprobs, response_logprobs_and_values, response_values, value_head
 from ..runtime import RunConfig, autocast_for, rng_state, seed_everything, set_rng_state, setup_run
 from .ppo_updates import policy_update, value_update
 
@@ -100,6 +100,11 @@ class PPOConfig:
     lora: LoraConfig = field(default_factory=LoraConfig, help="LoRA adapters on the policy (r=0: off)")
     gradient_checkpointing: bool = field(False, help="recompute policy and critic activations in the backward "
                                          "pass (less memory, slower updates)")
+    critic: Literal["separate", "shared"] = field(
+        "separate", help="separate: a critic model of its own (value_model / value_init); shared: a scalar value head "
+        "on the policy's own last hidden states, trained with the policy in one loss (policy + vf_coef x value): "
+        "one forward pass scores both, no second backbone, its gradients or AdamW moments in memory")
+    vf_coef: float = field(0.1, help="critic=shared: weight of the value loss in the joint loss")
     value_model: str | None = field(None, help="critic initialisation; default: per value_init")
     value_init: Literal["reward", "policy"] = field(
         "policy", help="critic starts from the (first) reward model or from the policy backbone + new head")
@@ -163,6 +168,9 @@ class PPOConfig:
             raise ConfigError("config key 'ppo.generation.temperature': PPO needs sampling (> 0)")
         if self.reward.judge_mode != "off":
             self.reward.judge.validate()
+        if self.critic == "shared" and (self.value_model is not None or self.value_init != "policy"):
+            raise ConfigError("config key 'ppo.critic': shared puts the value head on the policy itself; unset "
+                              "ppo.value_model and keep ppo.value_init=policy")
         check_lora(self.lora, "ppo")
 
 
@@ -174,8 +182,13 @@ class PPOConfig:
 class Models:
     policy: torch.nn.Module
     reference: torch.nn.Module | None  # None: a LoRA policy whose adapters-disabled self is the reference
-    value: torch.nn.Module | None  # the critic (None: critic-free trainers such as GRPO)
+    value: torch.nn.Module | None  # a separate critic (None: critic=shared, or critic-free trainers such as GRPO)
     tokenizer: object
+    value_head: torch.nn.Linear | None = None  # critic=shared: the scalar head on the policy's hidden states
+
+    def trained_with_policy(self) -> torch.nn.Module:
+        """What the policy optimizer steps: the policy, plus the shared value head when there is one."""
+        return self.policy if self.value_head is None else torch.nn.ModuleList([self.policy, self.value_head])
 
     def reference_model(self):
         """`with models.reference_model() as ref:` — the frozen KL anchor to call (rlaif.models.lora)."""
@@ -224,6 +237,13 @@ def load_policy_and_reference(policy_arg: str, reference_arg: str | None, device
 
 
 def build_models(cfg: PPOConfig, device: torch.device) -> Models:
+    if cfg.critic == "shared":
+        models = load_policy_and_reference(cfg.policy, cfg.reference, device, cfg.lora, cfg.gradient_checkpointing)
+        head = torch.nn.Linear(models.policy.get_output_embeddings().in_features, 1).to(device)
+        torch.nn.init.zeros_(head.weight)  # V = 0 at the start: the first advantages are reward-to-go
+        torch.nn.init.zeros_(head.bias)
+        models.value_head = head
+        return models
     critic_src = check_critic_source(cfg)
     models = load_policy_and_reference(cfg.policy, cfg.reference, device, cfg.lora, cfg.gradient_checkpointing)
     tok = models.tokenizer
@@ -239,6 +259,18 @@ def build_models(cfg: PPOConfig, device: torch.device) -> Models:
         enable_gradient_checkpointing(value)
     models.value = value
     return models
+
+
+def build_optimizers(models: Models, cfg: PPOConfig) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer | None]:
+    """AdamW for the policy (with a shared value head as a second group at the critic's rate) and for a
+    separate critic (None without one)."""
+    groups = [{"params": list(trainable_parameters(models.policy)), "lr": cfg.learning_rate}]
+    if models.value_head is not None:  # critic=shared: the head trains in the policy's step at its own rate
+        groups.append({"params": list(models.value_head.parameters()), "lr": cfg.value_learning_rate})
+    opt_policy = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
+    opt_value = (torch.optim.AdamW(models.value.parameters(), lr=cfg.value_learning_rate,
+                                   weight_decay=cfg.weight_decay) if models.value is not None else None)
+    return opt_policy, opt_value
 
 
 def judge_reward_sources(cfg: PPOConfig, models: Models, device, amp) -> list[JudgeReward]:
@@ -315,10 +347,16 @@ def score_batch(models: Models, rollout: Rollout, cfg: PPOConfig, device, amp) -
     for s in range(0, len(rollout), cfg.forward_batch_size):
         args = rollout.model_inputs(list(range(s, min(s + cfg.forward_batch_size, len(rollout)))), device)
         with amp():
-            lps.append(response_logprobs(models.policy, *args, cfg.generation.temperature)[0].float().cpu())
+            if models.value_head is not None:  # critic=shared: one pass gives log-probs and values
+                lp, _, _, v = response_logprobs_and_values(models.policy, models.value_head, *args,
+                                                           cfg.generation.temperature)
+                lps.append(lp.float().cpu())
+            else:
+                lps.append(response_logprobs(models.policy, *args, cfg.generation.temperature)[0].float().cpu())
             with models.reference_model() as ref:
                 refs.append(response_logprobs(ref, *args, cfg.generation.temperature)[0].float().cpu())
-            vals.append(response_values(models.value, *args).float().cpu() if models.value is not None
+            vals.append(v.cpu() if models.value_head is not None
+                        else response_values(models.value, *args).float().cpu() if models.value is not None
                         else torch.zeros(args[2].shape, dtype=torch.float32))
     return torch.cat(lps), torch.cat(refs), torch.cat(vals)
 
@@ -365,6 +403,8 @@ def _write_checkpoint(folder: Path, models: Models, opts, kl_ctl, state: dict, r
     for name, model, _ in _trained(models, opts):
         model.save_pretrained(folder / name)
     torch_save({name: o.state_dict() for name, _, o in _trained(models, opts)}, folder / "optimizers.pt")
+    if models.value_head is not None:
+        torch_save(models.value_head.state_dict(), folder / "value_head.pt")
     torch_save(rng, folder / "rng.pt")
     save_json(folder / "trainer_state.json", {**state, "kl_controller": kl_ctl.state_dict()})
 
@@ -382,6 +422,8 @@ def _load_checkpoint(folder: Path, models: Models, opts, kl_ctl, device) -> dict
             raise RuntimeError(f"checkpoint {folder}/{name}: missing {missing}, unexpected {unexpected}")
         if hasattr(model, "tie_weights"):
             model.tie_weights()
+    if models.value_head is not None:
+        models.value_head.load_state_dict(torch_load(folder / "value_head.pt"))
     optim = torch_load(folder / "optimizers.pt")
     for name, _, opt in _trained(models, opts):
         opt.load_state_dict(optim[name])
@@ -422,7 +464,7 @@ def start_replicas(models: Models, seed: int) -> None:
     """Identical trained weights on every process (rank 0's), then a different sampling stream per process."""
     if not distributed.world().enabled:
         return
-    for m in (models.policy, models.value):
+    for m in (models.policy, models.value, models.value_head):
         if m is not None:
             distributed.broadcast_parameters(m)
     seed_everything(seed + 1000003 * distributed.world().rank)
@@ -463,10 +505,7 @@ def train(run: RunConfig, cfg: PPOConfig, resolved_config: dict | None = None) -
         std_k=cfg.reward.std_k, autocast=amp() if device.type == "cuda" else None,
         extra=(judge_sources := judge_reward_sources(cfg, models, device, amp)),
     )
-    opt_policy = torch.optim.AdamW(trainable_parameters(models.policy), lr=cfg.learning_rate,
-                                   weight_decay=cfg.weight_decay)
-    opt_value = torch.optim.AdamW(models.value.parameters(), lr=cfg.value_learning_rate,
-                                  weight_decay=cfg.weight_decay)
+    opt_policy, opt_value = build_optimizers(models, cfg)
     kl_ctl = ops.make_kl_controller(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
     metrics = MetricsLogger(out, run.report_to, resolved_config)
     start, position = 0, 0
@@ -519,11 +558,13 @@ def train(run: RunConfig, cfg: PPOConfig, resolved_config: dict | None = None) -
                         adv["advantages"], adv["returns"],
                         reward_fn.last_std if isinstance(reward_fn, EnsembleReward) else None)
 
-            # 5. update: critic first, then policy (the seed's order)
+            # 5. update: critic first, then policy (the seed's order); a shared critic trains inside the policy's
+            #    update (one loss, one pass)
             t0 = time.perf_counter()
             stats: dict[str, float] = {}
             if distributed.any_true(bool(valid.any())):
-                stats.update(value_update(models, opt_value, sc, cfg, device, amp, shuffle_gen))
+                if models.value is not None:
+                    stats.update(value_update(models, opt_value, sc, cfg, device, amp, shuffle_gen))
                 stats.update(policy_update(models, opt_policy, sc, kl_ctl.value, cfg, device, amp, shuffle_gen))
             else:
                 log.warning("iteration %d: no rollout ended with EOS; update skipped (ppo.missing_eos=drop)", it + 1)

@@ -17,7 +17,7 @@ import torch
 
 from .. import distributed, ops
 from ..finite import check_finite_weights
-from ..rollout.scoring import response_logprobs, response_values
+from ..rollout.scoring import response_logprobs, response_logprobs_and_values, response_values
 
 if TYPE_CHECKING:
     from .ppo import Models, PPOConfig, Scored
@@ -122,19 +122,28 @@ def value_update(models: Models, opt, sc: Scored, cfg: PPOConfig, device, amp, g
 def policy_update(models: Models, opt, sc: Scored, kl_coef: float, cfg: PPOConfig, device, amp, gen
                   ) -> dict[str, float]:
     """Step C: clipped surrogate on the advantages (+ beta * exact KL when kl_mode=loss, + beta * k3 KL on the
-    sampled tokens when kl_mode=k3, GRPO's)."""
+    sampled tokens when kl_mode=k3, GRPO's; + vf_coef * the clipped value loss when the critic is a value head
+    on the policy's backbone, critic=shared: the same forward pass gives both)."""
     models.policy.train()
+    head = getattr(models, "value_head", None)
+    return_std = None
+    if head is not None and cfg.value_loss == "sigma":
+        return_std = distributed.masked_mean_var(sc.returns, sc.mask)[1].sqrt().item()
     stats: dict[str, list[float]] = {k: [] for k in ("policy_loss", "policy_grad_norm", "ratio_max")}
     tw = TokenWeighted()
     for micro in _minibatches(len(sc.rollout), cfg, gen):
         n_tokens = _global_tokens(sc.mask, micro)
-        total = 0.0
+        total, v_total = 0.0, 0.0
         for idx in micro:
             args = sc.rollout.model_inputs(idx, device)
             mask = sc.mask[idx].to(device)
             with amp():
-                lp, ent, logits = response_logprobs(models.policy, *args, cfg.generation.temperature,
-                                                    with_entropy=True)
+                if head is not None:
+                    lp, ent, logits, v = response_logprobs_and_values(models.policy, head, *args,
+                                                                      cfg.generation.temperature, with_entropy=True)
+                else:
+                    lp, ent, logits = response_logprobs(models.policy, *args, cfg.generation.temperature,
+                                                        with_entropy=True)
             loss, st = ops.ppo_policy_loss(lp.float(), sc.logprobs[idx].to(device), sc.advantages[idx].to(device),
                                            mask, cfg.clip_eps, normalizer=n_tokens.to(device))
             if cfg.kl_mode == "loss":
@@ -149,15 +158,26 @@ def policy_update(models: Models, opt, sc: Scored, kl_coef: float, cfg: PPOConfi
                 loss = loss + kl_coef * ops.masked_sum(kl_tok, mask) / n_tokens.to(device)
                 tw.add("kl_loss", ops.masked_mean(kl_tok.detach(), mask), float(mask.sum()))
             _check_finite_loss(loss, "policy loss")
-            loss.backward()
             total += loss.item()
+            if head is not None:  # critic=shared: the value loss joins the policy's in one backward pass
+                v_loss, v_st = ops.ppo_value_loss(v, sc.values[idx].to(device), sc.returns[idx].to(device), mask,
+                                                  cfg.value_clip_eps, normalizer=n_tokens.to(device),
+                                                  return_std=return_std)
+                _check_finite_loss(v_loss, "value loss")
+                loss = loss + cfg.vf_coef * v_loss
+                v_total += v_loss.item()
+                tw.add("vf_clipfrac", v_st["vf_clipfrac"], float(mask.sum()))
+            loss.backward()
             n = float(mask.sum())
             tw.add("clipfrac", st["clipfrac"], n)
             tw.add("approx_kl", st["approx_kl"], n)
             tw.add("entropy", ops.masked_mean(ent, mask), n)
             stats["ratio_max"].append(st["ratio_max"].item())
-        stats["policy_grad_norm"].append(_named_step(opt, models.policy, cfg.max_grad_norm, "policy"))
+        trained = models.trained_with_policy() if head is not None else models.policy
+        stats["policy_grad_norm"].append(_named_step(opt, trained, cfg.max_grad_norm, "policy"))
         stats["policy_loss"].append(total)
+        if head is not None:
+            stats.setdefault("value_loss", []).append(v_total)
     ratio_max = distributed.all_reduce_floats([max(stats.pop("ratio_max"))], "max")[0]
     return {**_mean_over_steps(stats), "ratio_max": ratio_max, **tw.result()}
 
