@@ -116,6 +116,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in PIPELINES:
         from .pipeline import demo_config_path
 
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            return _fail(f"rlaif {args.command} runs in one process (its label, audit and eval stages do not shard); "
+                         "launch its training stages (sft, rm, dpo, ppo, grpo) one by one with accelerate", 2)
+
         args.config = str(demo_config_path()) if args.command == "demo" else args.pipeline_config
         if args.config is None:
             return _fail("rlaif pipeline needs a CONFIG file (e.g. configs/pipeline-api-judge.yaml; `rlaif demo` uses its own)", 2)
