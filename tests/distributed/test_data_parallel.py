@@ -180,3 +180,8 @@ def test_bad_split_and_single_process_stage_exit_2(tiny_model_dir, prompts_file,
                   2, tmp_path)
     assert proc.returncode != 0
     assert proc.stderr.count("runs in one process, not 2") == 2
+
+    proc = launch(["-m", "rlaif.cli", "demo", f"run.output_dir={tmp_path / 'demo'}"], 2, tmp_path)
+    assert proc.returncode != 0
+    assert proc.stderr.count("rlaif demo runs in one process") == 2
+    assert not (tmp_path / "demo").exists()
