@@ -64,6 +64,8 @@ def main() -> None:
     print(json.dumps({
         "system": "rlaif",
         "workload": "smollm2-135m ppo 8x48 new tokens, 1 epoch, fp32",
+        "reward": {"model": cfg.ppo.reward.model, "function": cfg.ppo.reward.function,
+                   "missing_eos": cfg.ppo.missing_eos},
         "lora_r": a.lora,
         "gradient_checkpointing": a.gradient_checkpointing,
         "iterations": len(rows),

@@ -6,6 +6,7 @@ Exit status: 0 done, 1 the run failed, 2 bad usage, config or input (one line na
 from __future__ import annotations
 
 import argparse
+import builtins
 import dataclasses
 import logging
 import os
@@ -166,8 +167,10 @@ def _run(command: str, cfg, save_config, to_dict) -> int:
         dpo_data = dpo.read_data(cfg.dpo, cfg.run.seed)
     out = Path(cfg.run.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if os.environ.get("RANK", "0") == "0":  # under a launcher, the first process writes the config
+    main_process = os.environ.get("RANK", "0") == "0"  # under a launcher, the first process writes and tells
+    if main_process:
         save_config(cfg, out / "config.yaml")
+    print = builtins.print if main_process else (lambda *a, **k: None)  # noqa: A001
     if command == "ppo":
         from .stages import ppo
 
