@@ -154,12 +154,12 @@ def test_rlaif_ppo_in_two_processes_logs_checkpoints_and_resumes(tiny_model_dir,
     assert "resumed from" in proc.stderr
 
 
-def test_rlaif_grpo_in_two_processes(tiny_model_dir, prompts_file, tmp_path):
+def test_rlaif_grpo_with_lora_in_two_processes(tiny_model_dir, prompts_file, tmp_path):
     out = tmp_path / "grpo"
     args = _cli("grpo", out, tiny_model_dir, [
         f"grpo.prompts={prompts_file}", "grpo.prompts_per_iteration=2", "grpo.group_size=4",
         "grpo.micro_batch_size=2", "grpo.gradient_accumulation_steps=4", "grpo.iterations=2",
-        "grpo.checkpoint_every=2"])
+        "grpo.checkpoint_every=2", "grpo.lora.r=4"])  # LoRA: the reference is the policy, adapters off
     proc = launch(args, 2, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = read_metrics(out)
