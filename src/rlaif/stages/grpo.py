@@ -24,25 +24,25 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import distributed, ops
-from ..checkpoint import find_resume_checkpoint, save_checkpoint, torch_load, torch_save
+from ..checkpoint import find_resume_checkpoint, save_checkpoint, torch_load
 from ..config import ConfigError, field, require_min
 from ..data.prompts import load_prompts
 from ..metrics import MetricsLogger
 from ..models.lora import LoraConfig, check_lora, trainable_parameters
 from ..rewards.sources import check_finite, make_reward_source
 from ..rollout.generate import sample_responses
-from ..runtime import RunConfig, autocast_for, rng_state, seed_everything, setup_run
+from ..runtime import RunConfig, autocast_for, seed_everything, setup_run
 from .ppo import (
     GenerationConfig,
     PromptStream,
     RewardConfig,
     Scored,
     _load_checkpoint,
-    _write_checkpoint,
     apply_eos_policy,
     check_data_parallel,
     judge_reward_sources,
     load_policy_and_reference,
+    save_iteration_checkpoint,
     save_policy,
     score_batch,
     start_replicas,
@@ -199,16 +199,8 @@ def train(run: RunConfig, cfg: GRPOConfig, resolved_config: dict | None = None) 
         log.info("iter %d/%d reward %.3f kl %.3f len %.1f eos %.2f %.1fs", it + 1, cfg.iterations,
                  row["reward_mean"], row["kl"], row["response_length"], row["eos_rate"], dt)
         if cfg.checkpoint_every and ((it + 1) % cfg.checkpoint_every == 0 or it + 1 == cfg.iterations):
-            state = {"iteration": it + 1, "prompt_position": stream.position}
-            rng = distributed.gather_rng_states(rng_state())
-
-            def write(folder: Path, state=state, rng=rng) -> None:
-                _write_checkpoint(folder, models, (opt,), kl_ctl, state, rng)
-                torch_save(shuffle_gen.get_state(), folder / "shuffle_rng.pt")
-
-            if distributed.is_main():
-                save_checkpoint(out, it + 1, write, run.keep_checkpoints)
-            distributed.barrier()
+            save_iteration_checkpoint(out, it + 1, models, (opt,), kl_ctl, stream.position, shuffle_gen,
+                                      run.keep_checkpoints, save_checkpoint)
     metrics.close()
     final = out / "policy"
     save_policy(models, final)

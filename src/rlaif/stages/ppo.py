@@ -409,6 +409,22 @@ def _write_checkpoint(folder: Path, models: Models, opts, kl_ctl, state: dict, r
     save_json(folder / "trainer_state.json", {**state, "kl_controller": kl_ctl.state_dict()})
 
 
+def save_iteration_checkpoint(out: Path, iteration: int, models: Models, opts, kl_ctl, prompt_position: int,
+                              shuffle_gen: torch.Generator, keep: int, save) -> None:
+    """A resumable checkpoint after `iteration` (ppo, grpo): every process's RNG state gathered, written by the
+    main process while the others wait. `save`: the calling stage's `save_checkpoint` (tests wrap it)."""
+    state = {"iteration": iteration, "prompt_position": prompt_position}
+    rng = distributed.gather_rng_states(rng_state())
+
+    def write(folder: Path) -> None:
+        _write_checkpoint(folder, models, opts, kl_ctl, state, rng)
+        torch_save(shuffle_gen.get_state(), folder / "shuffle_rng.pt")
+
+    if distributed.is_main():
+        save(out, iteration, write, keep)
+    distributed.barrier()
+
+
 def _load_checkpoint(folder: Path, models: Models, opts, kl_ctl, device) -> dict:
     from safetensors.torch import load_file
 
@@ -599,16 +615,8 @@ def train(run: RunConfig, cfg: PPOConfig, resolved_config: dict | None = None) -
         if cfg.save_every and (it + 1) % cfg.save_every == 0:
             save_policy(models, out / f"policy-iter-{it + 1:05d}")
         if cfg.checkpoint_every and ((it + 1) % cfg.checkpoint_every == 0 or it + 1 == cfg.iterations):
-            state = {"iteration": it + 1, "prompt_position": stream.position}
-            rng = distributed.gather_rng_states(rng_state())
-
-            def write(folder: Path, state=state, rng=rng) -> None:
-                _write_checkpoint(folder, models, (opt_policy, opt_value), kl_ctl, state, rng)
-                torch_save(shuffle_gen.get_state(), folder / "shuffle_rng.pt")
-
-            if distributed.is_main():
-                save_checkpoint(out, it + 1, write, run.keep_checkpoints)
-            distributed.barrier()
+            save_iteration_checkpoint(out, it + 1, models, (opt_policy, opt_value), kl_ctl, stream.position,
+                                      shuffle_gen, run.keep_checkpoints, save_checkpoint)
     bar.close()
     metrics.close()
     final = out / "policy"
