@@ -296,3 +296,47 @@ def test_ppo_with_a_shared_critic(tmp_path, tiny_model_dir, prompts_file, monkey
 def test_shared_critic_rejects_a_separate_critic_source(tmp_path, tiny_model_dir, prompts_file):
     assert cli_main(["ppo", *ppo_overrides(tmp_path, tiny_model_dir, prompts_file, "ppo.critic=shared",
                                            "ppo.value_init=reward")]) == 2
+
+
+def test_autocast_for_picks_bf16_only_where_it_is_fast(monkeypatch, caplog):
+    from rlaif import runtime
+
+    cpu = torch.device("cpu")
+    for precision in ("auto", "fp32"):
+        with runtime.autocast_for(cpu, precision)():
+            assert not torch.is_autocast_enabled("cpu")
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: True)
+    with runtime.autocast_for(cpu, "bf16")():
+        assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)  # a CPU that would emulate bf16
+    with caplog.at_level("WARNING", logger="rlaif"):
+        ctx = runtime.autocast_for(cpu, "bf16")
+    with ctx():
+        assert not torch.is_autocast_enabled("cpu")
+    assert "no native bf16" in caplog.text
+
+
+@pytest.mark.skipif(not __import__("rlaif.runtime").runtime.cpu_has_native_bf16(),
+                    reason="this CPU has no native bf16 (AVX512-BF16 or AMX)")
+def test_ppo_in_bf16_autocast_on_cpu(tmp_path, tiny_model_dir, prompts_file, monkeypatch):
+    """run.precision=bf16 on a CPU with native bf16: generation, scoring and the update run under bf16 autocast
+    (their logits come out bf16), the master weights stay fp32, and every logged figure is finite."""
+    from rlaif.rollout import scoring
+
+    seen = capture_models(monkeypatch)
+    dtypes: list[torch.dtype] = []
+    original = scoring.policy_logits
+
+    def recording(*a, **k):
+        logits = original(*a, **k)
+        dtypes.append(logits.dtype)
+        return logits
+
+    monkeypatch.setattr(scoring, "policy_logits", recording)
+    out = tmp_path / "bf16"
+    assert cli_main(["ppo", *ppo_overrides(out, tiny_model_dir, prompts_file, "run.precision=bf16")]) == 0
+    assert dtypes and set(dtypes) == {torch.bfloat16}
+    assert {p.dtype for p in seen["models"].policy.parameters()} == {torch.float32}
+    assert any(not torch.equal(p.detach(), seen["policy0"][k]) for k, p in seen["models"].policy.named_parameters())
+    for r in read_metrics(out):
+        assert_finite(r, "policy_loss", "value_loss", "kl", "policy_grad_norm", "entropy")

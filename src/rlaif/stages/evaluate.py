@@ -100,7 +100,7 @@ def answer(model_arg: str, rows: list[PromptRow], cfg: EvalConfig, seed: int, de
         rollout, _ = sample_responses(model, tok, chunk, max_new_tokens=cfg.max_new_tokens,
                                       temperature=cfg.temperature, top_p=cfg.top_p,
                                       max_prompt_tokens=cfg.max_prompt_tokens, batch_size=cfg.batch_size,
-                                      device=device, autocast=amp() if device.type == "cuda" else None)
+                                      device=device, autocast=amp())
         parts.append(rollout)
     return SystemAnswers(model_arg, concat_rollouts(parts, tok.pad_token_id)), model, tok
 
