@@ -1,9 +1,9 @@
 """Two PPO iterations on a fixed global batch, in however many processes launched this script.
 
-    python ppo_step_worker.py MODEL_DIR OUT_DIR CRITIC                      # one process
-    accelerate launch --multi_gpu --num_processes 2 ... ppo_step_worker.py MODEL_DIR OUT_DIR CRITIC
+    python ppo_step_worker.py MODEL_DIR OUT_DIR CRITIC [zero]                     # one process
+    accelerate launch --multi_gpu --num_processes 2 ... ppo_step_worker.py MODEL_DIR OUT_DIR CRITIC [zero]
 
-CRITIC: separate | shared (ppo.critic).
+CRITIC: separate | shared (ppo.critic). zero: the optimizers shard their AdamW moments (run.shard_optimizer).
 
 Every process samples the SAME global batch of 8 rollouts (same weights, same seed), keeps its shard, and runs the
 stage's own steps: scoring, advantages (whitening over the global batch), the critic and the policy update
@@ -34,7 +34,7 @@ QUESTIONS = ["What is the capital of France?", "Name a primary colour.", "How do
              "Give one tip for sleeping well.", "What is 2 plus 2?"]
 
 
-def main(model_dir: str, out_dir: str, critic: str) -> None:
+def main(model_dir: str, out_dir: str, critic: str, shard: bool) -> None:
     out = Path(out_dir)
     world = distributed.init_from_env("cpu")
     torch.set_num_threads(1)
@@ -49,7 +49,7 @@ def main(model_dir: str, out_dir: str, critic: str) -> None:
     torch.manual_seed(0)
     models = ppo.build_models(cfg, device)
     ppo.start_replicas(models, 0)
-    opts = ppo.build_optimizers(models, cfg)
+    opts = ppo.build_optimizers(models, cfg, shard_state=shard)
     critic = models.value if models.value is not None else models.value_head
     rows = [PromptRow(id=f"p{i}", messages=(("user", q),)) for i, q in enumerate(QUESTIONS)]
     mine = distributed.shard(len(rows))
@@ -76,6 +76,8 @@ def main(model_dir: str, out_dir: str, critic: str) -> None:
         whole = ppo.global_view(sc)
         stats["advantage_sum_sq"] = float((whole.advantages ** 2).sum())
         stats["n_rows_here"] = len(rollout)
+        local = getattr(opts[0], "optim", opts[0])  # ZeroRedundancyOptimizer: this process's own AdamW
+        stats["policy_moments_here"] = len(local.state)
         stats_log.append(stats)
         fingerprints.append([distributed.parameter_fingerprint(m).tolist() for m in (models.policy, critic)])
     (out / f"fingerprints-rank{world.rank}.json").write_text(json.dumps(fingerprints))
@@ -86,4 +88,4 @@ def main(model_dir: str, out_dir: str, critic: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], sys.argv[3])
+    main(sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:] == ["zero"])

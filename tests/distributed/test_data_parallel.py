@@ -42,14 +42,16 @@ def launch(args: list[str], processes: int, tmp_path: Path, timeout: float = 300
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=tmp_path)
 
 
-@pytest.mark.parametrize("critic", ["separate", "shared"])
-def test_two_process_ppo_step_equals_one_process(critic, tiny_model_dir, tmp_path):
+@pytest.mark.parametrize(("critic", "zero"), [("separate", False), ("shared", False), ("shared", True)])
+def test_two_process_ppo_step_equals_one_process(critic, zero, tiny_model_dir, tmp_path):
+    """zero: the optimizers keep each parameter's AdamW moments in one process only (ZeRO-1,
+    run.shard_optimizer); the update is still AdamW's on the summed gradients."""
     one, two = tmp_path / "one", tmp_path / "two"
     one.mkdir()
     two.mkdir()
     worker = str(HERE / "ppo_step_worker.py")
     for out, n in ((one, 1), (two, 2)):
-        proc = launch([worker, tiny_model_dir, str(out), critic], n, tmp_path)
+        proc = launch([worker, tiny_model_dir, str(out), critic, *(["zero"] if zero else [])], n, tmp_path)
         assert proc.returncode == 0, proc.stderr[-3000:]
 
     # the two processes held bit-identical parameters after each of the 2 iterations
@@ -60,6 +62,10 @@ def test_two_process_ppo_step_equals_one_process(critic, tiny_model_dir, tmp_pat
     # sum of squares is n - 1 = 47 (unbiased variance 1), where per-process whitening would give 2 x 23 = 46
     s1, s2 = json.loads((one / "stats.json").read_text()), json.loads((two / "stats.json").read_text())
     assert [s["n_rows_here"] for s in s1] == [8, 8] and [s["n_rows_here"] for s in s2] == [4, 4]
+    if zero:  # the main process's AdamW holds moments for part of the policy's tensors only
+        assert 0 < s2[-1]["policy_moments_here"] < s1[-1]["policy_moments_here"]
+    else:
+        assert s2[-1]["policy_moments_here"] == s1[-1]["policy_moments_here"]
     for a, b in zip(s1, s2):
         assert a["advantage_sum_sq"] == pytest.approx(47.0, abs=1e-3)
         assert b["advantage_sum_sq"] == pytest.approx(47.0, abs=1e-3)
@@ -124,6 +130,46 @@ def test_training_stage_in_two_processes_equals_one(stage, tiny_model_dir, tmp_p
     assert len(torch.load(ckpt / "rng.pt", weights_only=False)["per_process"]) == 2
 
 
+def _has_every_moment(opt_state: dict) -> bool:
+    """A saved optimizer state holds AdamW moments for every parameter of its groups (none missing)."""
+    indices = {i for g in opt_state["param_groups"] for i in g["params"]}
+    return bool(indices) and set(opt_state["state"]) == indices and all(
+        {"exp_avg", "exp_avg_sq"} <= set(st) for st in opt_state["state"].values())
+
+
+def test_sharded_optimizer_equals_one_process_and_resumes(tiny_model_dir, tmp_path):
+    """run.shard_optimizer (ZeRO-1) in 2 processes: the same losses and weights as 1 process; the checkpoint
+    holds every parameter's moments (gathered from both processes); a rerun from it ends where the run ended."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    args, folder, keys = _stage_args("sft", tiny_model_dir, tmp_path)
+    outs = {"one": tmp_path / "one", "zero": tmp_path / "zero"}
+    for name, n in (("one", 1), ("zero", 2)):
+        proc = launch(["-m", "rlaif.cli", "sft", f"run.output_dir={outs[name]}", "run.progress=false",
+                       "run.device=cpu", "run.keep_checkpoints=1", "run.shard_optimizer=true", *args], n, tmp_path)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    for a, b in zip(read_metrics(outs["one"]), read_metrics(outs["zero"]), strict=True):
+        for key in keys:
+            if key in a:
+                assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), (a["step"], key)
+    w1, w2 = (load_file(str(o / folder / "model.safetensors")) for o in outs.values())
+    assert max((w1[k] - w2[k]).abs().max().item() for k in w1) < 1e-4
+    (step, ckpt), = list_checkpoints(outs["zero"])
+    assert step == 6 and _has_every_moment(torch.load(ckpt / "optimizer.pt", weights_only=False))
+
+    resumed = tmp_path / "resumed"  # the last step again, from the step-6 checkpoint, in 2 sharded processes
+    shutil.copytree(outs["zero"], resumed)
+    shutil.rmtree(resumed / folder)
+    proc = launch(["-m", "rlaif.cli", "sft", f"run.output_dir={resumed}", "run.progress=false", "run.device=cpu",
+                   "run.keep_checkpoints=1", "run.shard_optimizer=true", *args], 2, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "resumed from" in proc.stderr
+    w3 = load_file(str(resumed / folder / "model.safetensors"))
+    assert max((w2[k] - w3[k]).abs().max().item() for k in w2) < 1e-6
+
+
 def _cli(stage: str, out: Path, model: str, extra: list[str]) -> list[str]:
     return ["-m", "rlaif.cli", stage, f"run.output_dir={out}", "run.progress=false", "run.device=cpu",
             f"{stage}.policy={model}", f"{stage}.reward.function={REWARD}:length_reward", "run.keep_checkpoints=1",
@@ -131,11 +177,12 @@ def _cli(stage: str, out: Path, model: str, extra: list[str]) -> list[str]:
 
 
 def test_rlaif_ppo_in_two_processes_logs_checkpoints_and_resumes(tiny_model_dir, prompts_file, tmp_path):
+    """With run.shard_optimizer: the checkpoint still holds both optimizers' whole state, and the resume loads it."""
     out = tmp_path / "ppo"
     base = _cli("ppo", out, tiny_model_dir, [
         f"ppo.prompts={prompts_file}", "ppo.batch_size=8", "ppo.micro_batch_size=2",
         "ppo.gradient_accumulation_steps=4", "ppo.checkpoint_every=1", "ppo.samples_per_prompt=2",
-        "ppo.score_baseline=prompt_mean"])
+        "ppo.score_baseline=prompt_mean", "run.shard_optimizer=true"])
     proc = launch([*base, "ppo.iterations=2"], 2, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = read_metrics(out)
@@ -146,6 +193,8 @@ def test_rlaif_ppo_in_two_processes_logs_checkpoints_and_resumes(tiny_model_dir,
     (step, ckpt), = list_checkpoints(out)
     assert step == 2
     assert len(torch.load(ckpt / "rng.pt", weights_only=False)["per_process"]) == 2
+    optimizers = torch.load(ckpt / "optimizers.pt", weights_only=False)  # ZeRO-1: gathered from both processes
+    assert set(optimizers) == {"policy", "value"} and all(_has_every_moment(o) for o in optimizers.values())
     assert (out / "policy" / "model.safetensors").exists()
 
     proc = launch([*base, "ppo.iterations=3"], 2, tmp_path)  # the same command, one more iteration: resumes

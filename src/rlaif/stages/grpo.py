@@ -136,9 +136,10 @@ def train(run: RunConfig, cfg: GRPOConfig, resolved_config: dict | None = None) 
     reward_fn = make_reward_source(
         cfg.reward.model, cfg.reward.function, device=device, batch_size=cfg.reward.batch_size,
         max_length=cfg.reward.max_length, input_format=cfg.reward.input_format, combine=cfg.reward.combine,
-        std_k=cfg.reward.std_k, autocast=amp() if device.type == "cuda" else None,
+        std_k=cfg.reward.std_k, autocast=amp(),
         extra=judge_reward_sources(cfg, models, device, amp))  # type: ignore[arg-type]
-    opt = torch.optim.AdamW(trainable_parameters(models.policy), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    opt = distributed.make_adamw(trainable_parameters(models.policy), shard_state=run.shard_optimizer,
+                                 lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     kl_ctl = ops.make_kl_controller(cfg.kl_coef, None, 1)  # fixed beta; kept in checkpoints like PPO's
     metrics = MetricsLogger(out, run.report_to, resolved_config)
     start, position = 0, 0
@@ -163,7 +164,7 @@ def train(run: RunConfig, cfg: GRPOConfig, resolved_config: dict | None = None) 
             rollout, n_trunc = sample_responses(
                 models.policy, models.tokenizer, rows, max_new_tokens=g.max_new_tokens, temperature=g.temperature,
                 top_p=g.top_p, min_new_tokens=g.min_new_tokens, max_prompt_tokens=g.max_prompt_tokens,
-                batch_size=g.batch_size, device=device, autocast=amp() if device.type == "cuda" else None)
+                batch_size=g.batch_size, device=device, autocast=amp())
             # 2. rewards, EOS policy, old and reference log-probs
             raw = check_finite(reward_fn(rollout.prompts, rollout.responses, rows=rows),
                                getattr(reward_fn, "name", "reward"))

@@ -261,15 +261,17 @@ def build_models(cfg: PPOConfig, device: torch.device) -> Models:
     return models
 
 
-def build_optimizers(models: Models, cfg: PPOConfig) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer | None]:
+def build_optimizers(models: Models, cfg: PPOConfig, shard_state: bool = False
+                     ) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer | None]:
     """AdamW for the policy (with a shared value head as a second group at the critic's rate) and for a
-    separate critic (None without one)."""
+    separate critic (None without one); `shard_state`: ZeRO-1 over processes (`distributed.make_adamw`)."""
     groups = [{"params": list(trainable_parameters(models.policy)), "lr": cfg.learning_rate}]
     if models.value_head is not None:  # critic=shared: the head trains in the policy's step at its own rate
         groups.append({"params": list(models.value_head.parameters()), "lr": cfg.value_learning_rate})
-    opt_policy = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
-    opt_value = (torch.optim.AdamW(models.value.parameters(), lr=cfg.value_learning_rate,
-                                   weight_decay=cfg.weight_decay) if models.value is not None else None)
+    opt_policy = distributed.make_adamw(groups, shard_state=shard_state, weight_decay=cfg.weight_decay)
+    opt_value = (distributed.make_adamw(models.value.parameters(), shard_state=shard_state,
+                                        lr=cfg.value_learning_rate, weight_decay=cfg.weight_decay)
+                 if models.value is not None else None)
     return opt_policy, opt_value
 
 
@@ -286,7 +288,7 @@ def judge_reward_sources(cfg: PPOConfig, models: Models, device, amp) -> list[Ju
             rollout, _ = sample_responses(
                 ref, models.tokenizer, rows, max_new_tokens=g.max_new_tokens,
                 temperature=rc.judge_baseline_temperature, top_p=g.top_p, max_prompt_tokens=g.max_prompt_tokens,
-                batch_size=g.batch_size, device=device, autocast=amp() if device.type == "cuda" else None)
+                batch_size=g.batch_size, device=device, autocast=amp())
         return rollout.responses
 
     return [JudgeReward(judge, rc.judge_mode, use_references=rc.judge_use_references,
@@ -398,11 +400,12 @@ def _trained(models: Models, opts) -> list[tuple[str, torch.nn.Module, torch.opt
     return [(name, m, o) for name, m, o in pairs if m is not None]
 
 
-def _write_checkpoint(folder: Path, models: Models, opts, kl_ctl, state: dict, rng: dict) -> None:
-    """Written by the main process; `rng` holds every process's RNG state (distributed.gather_rng_states)."""
+def _write_checkpoint(folder: Path, models: Models, opts, opt_states: dict, kl_ctl, state: dict, rng: dict) -> None:
+    """Written by the main process; `rng` holds every process's RNG state (distributed.gather_rng_states),
+    `opt_states` every optimizer's whole state (distributed.optimizer_state)."""
     for name, model, _ in _trained(models, opts):
         model.save_pretrained(folder / name)
-    torch_save({name: o.state_dict() for name, _, o in _trained(models, opts)}, folder / "optimizers.pt")
+    torch_save(opt_states, folder / "optimizers.pt")
     if models.value_head is not None:
         torch_save(models.value_head.state_dict(), folder / "value_head.pt")
     torch_save(rng, folder / "rng.pt")
@@ -415,9 +418,10 @@ def save_iteration_checkpoint(out: Path, iteration: int, models: Models, opts, k
     main process while the others wait. `save`: the calling stage's `save_checkpoint` (tests wrap it)."""
     state = {"iteration": iteration, "prompt_position": prompt_position}
     rng = distributed.gather_rng_states(rng_state())
+    opt_states = {name: distributed.optimizer_state(o) for name, _, o in _trained(models, opts)}
 
     def write(folder: Path) -> None:
-        _write_checkpoint(folder, models, opts, kl_ctl, state, rng)
+        _write_checkpoint(folder, models, opts, opt_states, kl_ctl, state, rng)
         torch_save(shuffle_gen.get_state(), folder / "shuffle_rng.pt")
 
     if distributed.is_main():
@@ -518,10 +522,10 @@ def train(run: RunConfig, cfg: PPOConfig, resolved_config: dict | None = None) -
     reward_fn = make_reward_source(
         cfg.reward.model, cfg.reward.function, device=device, batch_size=cfg.reward.batch_size,
         max_length=cfg.reward.max_length, input_format=cfg.reward.input_format, combine=cfg.reward.combine,
-        std_k=cfg.reward.std_k, autocast=amp() if device.type == "cuda" else None,
+        std_k=cfg.reward.std_k, autocast=amp(),
         extra=(judge_sources := judge_reward_sources(cfg, models, device, amp)),
     )
-    opt_policy, opt_value = build_optimizers(models, cfg)
+    opt_policy, opt_value = build_optimizers(models, cfg, shard_state=run.shard_optimizer)
     kl_ctl = ops.make_kl_controller(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
     metrics = MetricsLogger(out, run.report_to, resolved_config)
     start, position = 0, 0
@@ -551,7 +555,7 @@ def train(run: RunConfig, cfg: PPOConfig, resolved_config: dict | None = None) -
             rollout, n_trunc = sample_responses(
                 models.policy, models.tokenizer, rows, max_new_tokens=g.max_new_tokens, temperature=g.temperature,
                 top_p=g.top_p, min_new_tokens=g.min_new_tokens, max_prompt_tokens=g.max_prompt_tokens, batch_size=g.batch_size, device=device,
-                autocast=amp() if device.type == "cuda" else None,
+                autocast=amp(),
             )
             t_gen = time.perf_counter() - t0
 

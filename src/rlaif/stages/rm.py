@@ -269,7 +269,8 @@ def train(run: RunConfig, cfg: RMConfig, resolved_config: dict | None = None, da
         model.gradient_checkpointing_enable()
         if fmt == "chat":
             model.config.use_cache = False
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    opt = distributed.make_adamw(model.parameters(), shard_state=run.shard_optimizer, lr=cfg.learning_rate,
+                                 weight_decay=cfg.weight_decay)
     metrics = MetricsLogger(out, run.report_to, resolved_config, step_key="step")
     start = restore_trainer_state(ckpt, opt, stream, total, log) if ckpt is not None else 0
     metrics.truncate_after(start if ckpt is not None else -1)  # each step logged once, step 0 included

@@ -183,10 +183,10 @@ def save_model(model, tokenizer, folder: Path) -> None:
     distributed.barrier()
 
 
-def write_checkpoint(folder: Path, model, opt, state: dict, rng: dict | None = None) -> None:
+def write_checkpoint(folder: Path, model, opt_state: dict, state: dict, rng: dict | None = None) -> None:
     """A resumable checkpoint: the model (HF format in `model/`), AdamW state, RNG state(s), trainer state."""
     model.save_pretrained(folder / "model")
-    torch_save(opt.state_dict(), folder / "optimizer.pt")
+    torch_save(opt_state, folder / "optimizer.pt")
     torch_save(rng if rng is not None else rng_state(), folder / "rng.pt")
     save_json(folder / "trainer_state.json", state)
 
@@ -195,8 +195,10 @@ def save_step_checkpoint(out: Path, step: int, model, opt, state: dict, keep: in
     """Every process's RNG state gathered, the checkpoint written by the main process, the others waiting.
     `save`: the calling stage's `save_checkpoint` (looked up there, so a test can wrap it per stage)."""
     rng = distributed.gather_rng_states(rng_state())
+    opt_state = distributed.optimizer_state(opt)  # gathered from every process under run.shard_optimizer
     if distributed.is_main():
-        (save or save_checkpoint)(out, step, lambda folder: write_checkpoint(folder, model, opt, state, rng), keep)
+        (save or save_checkpoint)(out, step, lambda folder: write_checkpoint(folder, model, opt_state, state, rng),
+                                  keep)
     distributed.barrier()
 
 
@@ -244,7 +246,8 @@ def train(run: RunConfig, cfg: SFTConfig, resolved_config: dict | None = None) -
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
         model.config.use_cache = False
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    opt = distributed.make_adamw(model.parameters(), shard_state=run.shard_optimizer, lr=cfg.learning_rate,
+                                 weight_decay=cfg.weight_decay)
     metrics = MetricsLogger(out, run.report_to, resolved_config, step_key="step")
     start = restore_trainer_state(ckpt, opt, stream, total, log) if ckpt is not None else 0
     metrics.truncate_after(start if ckpt is not None else -1)  # each step logged once, step 0 included
