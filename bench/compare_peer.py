@@ -2,7 +2,7 @@
 
 What is measured: bench/ppo_throughput.py (rlaif) and bench/peer_trl_ppo.py (TRL, in its own venv) run the
 same workload — SmolLM2-135M-Instruct, 8 prompts x exactly 48 new tokens per iteration, 1 PPO epoch,
-micro-batch 4 x accumulation 2, fp32, the same torch thread count — one after the other, each in a fresh
+micro-batch 4 x accumulation 2, fp32 (or both bf16 autocast with --precision bf16), the same torch thread count — one after the other, each in a fresh
 process. Both use the same reward: a SmolLM2-135M sequence classifier (the policy's weights + a scalar head
 drawn with a fixed seed) saved once under bench/out/peer-compare/shared-rm; rlaif gets it as
 `ppo.reward.model=[<folder>]` (its default Python reward is switched off, and `ppo.missing_eos=keep` so the RM
@@ -15,7 +15,7 @@ Output (stdout): the load average before, one JSON line per system (s/iteration,
 backbone) -- then one JSON line of ratios per rlaif variant and whether the goal (rlaif >= 2x the peer's
 tokens/s at no more peak memory) is met. Figures are whatever this run measures; run on an idle machine.
 
-    .venv/bin/python bench/compare_peer.py [--iterations 4] [--threads 2]
+    .venv/bin/python bench/compare_peer.py [--iterations 4] [--threads 2] [--precision fp32|bf16]
 
 First use creates bench/.venv-trl (python -m venv; torch==2.13.0 first, then trl/transformers/accelerate/
 datasets pinned so torch stays the CPU build; ~1.5 GB); a stamp file makes later runs skip it. Each system's
@@ -132,10 +132,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--iterations", type=int, default=4)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                    help="both systems: fp32, or bf16 autocast with fp32 master weights (rlaif run.precision=bf16, "
+                         "TRL bf16=True); bf16 pays only on a CPU with native bf16 (AVX512-BF16 or AMX)")
     a = ap.parse_args()
 
     from rlaif.cli import quiet_libraries
     from rlaif.models.loading import resolve_model
+    from rlaif.runtime import cpu_has_native_bf16
 
     quiet_libraries()
     OUT.mkdir(parents=True, exist_ok=True)
@@ -143,10 +147,11 @@ def main() -> None:
     policy_dir = resolve_model("smollm2-135m-instruct")
     rm = prepare_reward_model(policy_dir)
     prompts = prepare_prompts(a.iterations)
-    common = ["--iterations", str(a.iterations), "--threads", str(a.threads)]
+    common = ["--iterations", str(a.iterations), "--threads", str(a.threads), "--precision", a.precision]
 
     load = os.getloadavg()
-    print(json.dumps({"loadavg_before": [round(x, 2) for x in load], "cpus": os.cpu_count()}), flush=True)
+    print(json.dumps({"loadavg_before": [round(x, 2) for x in load], "cpus": os.cpu_count(),
+                      "cpu_native_bf16": cpu_has_native_bf16()}), flush=True)
     variants = {"rlaif (separate critic, the default)": [], "rlaif ppo.critic=shared": ["ppo.critic=shared"]}
     ours_rows = {}
     for name, extra in variants.items():
@@ -172,6 +177,7 @@ def main() -> None:
             "comparison": f"{ours['system']} vs {peer['system']}",
             "iterations": a.iterations,
             "threads": a.threads,
+            "precision": a.precision,
             "tokens_per_s_ours_over_peer": tokens_ratio,
             "s_per_iteration_peer_over_ours": peer["s_per_iteration"] / ours["s_per_iteration"],
             "s_per_iteration_steady_peer_over_ours": peer["s_per_iteration_steady"] / ours["s_per_iteration_steady"],

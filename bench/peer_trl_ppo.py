@@ -11,7 +11,7 @@ torch, transformers, datasets and trl. The workload mirrors bench/ppo_throughput
 - 8 rollouts per iteration: per_device_train_batch_size 4 x gradient_accumulation_steps 2, num_mini_batches 1,
   num_ppo_epochs 1 (one optimizer step per iteration); rollout forward/generation batch 8;
 - response_length 48, temperature 0.7 (TRL samples with top_k 0, top_p 1, as rlaif does), kl_coef 0.05,
-  lr 1e-6, fp32 (bf16 off), no gradient checkpointing (TRL's default is on), torch threads --threads;
+  lr 1e-6, fp32 (bf16 off; --precision bf16 turns it on), no gradient checkpointing (TRL's default is on), torch threads --threads;
 - every response is exactly 48 tokens: stop_token="eos" makes TRL set the policy's generation EOS to the
   tokenizer's <|im_end|>, and `policy.generation_config.min_new_tokens = 48` (which transformers merges into the
   GenerationConfig TRL passes, whose min_new_tokens is unset) suppresses that EOS for all 48 steps — the same
@@ -89,6 +89,8 @@ def main() -> None:
     ap.add_argument("--iterations", type=int, default=4)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                    help="bf16 = TRL's bf16=True (accelerate's bf16 autocast, fp32 master weights)")
     a = ap.parse_args()
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -180,10 +182,16 @@ def main() -> None:
 
     timer = IterationTimer()
     load_before = os.getloadavg()
+    if a.precision == "bf16":
+        # TRL 1.12's PPOTrainer builds its own Accelerator() without mixed_precision, and transformers 5.x's
+        # TrainingArguments no longer exports bf16 as ACCELERATE_MIXED_PRECISION: bf16=True alone leaves the run
+        # in fp32. The variable makes the Accelerator autocast what TRL prepares with it (the policy + critic
+        # update); TRL generates and scores with the unprepared models, so those passes stay fp32 in TRL.
+        os.environ["ACCELERATE_MIXED_PRECISION"] = "bf16"
     with tempfile.TemporaryDirectory() as out_dir, contextlib.redirect_stdout(sys.stderr):
         cfg = PPOConfig(
             output_dir=out_dir, report_to="none", save_strategy="no", logging_steps=1, disable_tqdm=True,
-            seed=a.seed, use_cpu=True, bf16=False, fp16=False, gradient_checkpointing=False,
+            seed=a.seed, use_cpu=True, bf16=a.precision == "bf16", fp16=False, gradient_checkpointing=False,
             per_device_train_batch_size=MICRO_BATCH, gradient_accumulation_steps=GRAD_ACCUM, num_mini_batches=1,
             num_ppo_epochs=1, total_episodes=BATCH * a.iterations, local_rollout_forward_batch_size=BATCH,
             response_length=RESPONSE_LENGTH, stop_token="eos", temperature=0.7, kl_coef=0.05,
@@ -210,7 +218,9 @@ def main() -> None:
     scores = [lg["objective/scores"] for lg in timer.logs if "objective/scores" in lg]
     print(json.dumps({
         "system": f"trl-{trl.__version__} PPOTrainer",
-        "workload": "smollm2-135m ppo 8x48 new tokens, 1 epoch, fp32",
+        "workload": f"smollm2-135m ppo 8x48 new tokens, 1 epoch, {a.precision}",
+        "precision": a.precision,
+        "accelerator_mixed_precision": trainer.accelerator.mixed_precision,
         "reward": f"reward model {a.reward_model} (TRL scores the query+response token ids, last token)",
         "iterations": len(s_iter),
         "s_per_iteration": sum(s_iter) / len(s_iter),

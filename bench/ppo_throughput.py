@@ -28,6 +28,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--lora", type=int, default=0, metavar="R", help="LoRA rank (0 = full fine-tuning)")
     ap.add_argument("--gradient-checkpointing", action="store_true")
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                    help="run.precision: bf16 = bf16 autocast, fp32 master weights (CPUs with native bf16)")
     ap.add_argument("overrides", nargs="*")
     a = ap.parse_args()
 
@@ -46,6 +48,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as out:
         cfg = load_config(RootConfig, None, [
             f"run.output_dir={out}", "run.progress=false", f"run.threads={a.threads}", "run.resume=never",
+            f"run.precision={a.precision}",
             "ppo.policy=smollm2-135m-instruct", "ppo.prompts=builtin:demo-train",
             "ppo.reward.function=rlaif.rewards.examples:about_20_words",
             f"ppo.iterations={a.iterations}", "ppo.batch_size=8", "ppo.micro_batch_size=4",
@@ -63,7 +66,8 @@ def main() -> None:
     steady = rows[1:] or rows
     print(json.dumps({
         "system": "rlaif",
-        "workload": "smollm2-135m ppo 8x48 new tokens, 1 epoch, fp32",
+        "workload": f"smollm2-135m ppo 8x48 new tokens, 1 epoch, {a.precision}",
+        "precision": a.precision,
         "reward": {"model": cfg.ppo.reward.model, "function": cfg.ppo.reward.function,
                    "missing_eos": cfg.ppo.missing_eos},
         "lora_r": a.lora,
