@@ -11,7 +11,8 @@ torch, transformers, datasets and trl. The workload mirrors bench/ppo_throughput
 - 8 rollouts per iteration: per_device_train_batch_size 4 x gradient_accumulation_steps 2, num_mini_batches 1,
   num_ppo_epochs 1 (one optimizer step per iteration); rollout forward/generation batch 8;
 - response_length 48, temperature 0.7 (TRL samples with top_k 0, top_p 1, as rlaif does), kl_coef 0.05,
-  lr 1e-6, fp32 (bf16 off; --precision bf16 turns it on), no gradient checkpointing (TRL's default is on), torch threads --threads;
+  lr 1e-6, TRL's default optimizer with torch >= 2.8 (adamw_torch_fused, as rlaif's),
+  fp32 (bf16 off; --precision bf16 turns it on), no gradient checkpointing (TRL's default is on), torch threads --threads;
 - every response is exactly 48 tokens: stop_token="eos" makes TRL set the policy's generation EOS to the
   tokenizer's <|im_end|>, and `policy.generation_config.min_new_tokens = 48` (which transformers merges into the
   GenerationConfig TRL passes, whose min_new_tokens is unset) suppresses that EOS for all 48 steps — the same
@@ -195,7 +196,7 @@ def main() -> None:
             per_device_train_batch_size=MICRO_BATCH, gradient_accumulation_steps=GRAD_ACCUM, num_mini_batches=1,
             num_ppo_epochs=1, total_episodes=BATCH * a.iterations, local_rollout_forward_batch_size=BATCH,
             response_length=RESPONSE_LENGTH, stop_token="eos", temperature=0.7, kl_coef=0.05,
-            learning_rate=1e-6, lr_scheduler_type="constant", optim="adamw_torch", num_sample_generations=0,
+            learning_rate=1e-6, lr_scheduler_type="constant", optim="adamw_torch_fused", num_sample_generations=0,
             dataloader_num_workers=0,
         )
         trainer = PPOTrainer(args=cfg, processing_class=tok, model=policy, ref_model=ref_model,
