@@ -11,8 +11,9 @@ Both critics are the policy backbone + a new zeroed scalar head. Both see the sa
 iterations (rlaif's seeded prompt order, written to bench/out/peer-compare/prompts.jsonl for the peer).
 
 Output (stdout): the load average before, one JSON line per system (s/iteration, generated tokens/s, peak RSS)
--- rlaif twice, with its default separate critic and with `ppo.critic=shared` (a value head on the policy's
-backbone) -- then one JSON line of ratios per rlaif variant and whether the goal (rlaif >= 2x the peer's
+-- rlaif three times: with its default separate critic, with `ppo.critic=shared` (a value head on the policy's
+backbone), and shared with `ppo.old_logprobs=sampling` (old log-probs and values taken while sampling, as the
+peer takes its old log-probs) -- then one JSON line of ratios per rlaif variant and whether the goal (rlaif >= 2x the peer's
 tokens/s at no more peak memory) is met. Figures are whatever this run measures; run on an idle machine.
 
     .venv/bin/python bench/compare_peer.py [--iterations 4] [--threads 2] [--precision fp32|bf16]
@@ -152,7 +153,9 @@ def main() -> None:
     load = os.getloadavg()
     print(json.dumps({"loadavg_before": [round(x, 2) for x in load], "cpus": os.cpu_count(),
                       "cpu_native_bf16": cpu_has_native_bf16()}), flush=True)
-    variants = {"rlaif (separate critic, the default)": [], "rlaif ppo.critic=shared": ["ppo.critic=shared"]}
+    variants = {"rlaif (separate critic, the default)": [], "rlaif ppo.critic=shared": ["ppo.critic=shared"],
+                "rlaif ppo.critic=shared ppo.old_logprobs=sampling": ["ppo.critic=shared",
+                                                                     "ppo.old_logprobs=sampling"]}
     ours_rows = {}
     for name, extra in variants.items():
         row = run_system("rlaif", [

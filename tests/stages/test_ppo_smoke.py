@@ -340,3 +340,44 @@ def test_ppo_in_bf16_autocast_on_cpu(tmp_path, tiny_model_dir, prompts_file, mon
     assert any(not torch.equal(p.detach(), seen["policy0"][k]) for k, p in seen["models"].policy.named_parameters())
     for r in read_metrics(out):
         assert_finite(r, "policy_loss", "value_loss", "kl", "policy_grad_norm", "entropy")
+
+
+@pytest.mark.parametrize("critic", ["separate", "shared"])
+def test_ppo_with_old_logprobs_taken_while_sampling(critic, tmp_path, tiny_model_dir, prompts_file, monkeypatch):
+    """ppo.old_logprobs=sampling: scoring runs no policy pass (only the reference's, and a separate critic's),
+    and the update trains. One optimizer step per iteration (4 rollouts = 2 x 2, 1 epoch), so every ratio is
+    taken before the step: in fp32 the sampled log-probs equal the update's own (approx_kl ~ 0, nothing
+    clipped)."""
+    seen: dict = {}
+    original_build = ppo.build_models
+
+    def build(cfg, device):
+        seen["models"] = original_build(cfg, device)
+        seen["policy0"] = [p.detach().clone() for p in seen["models"].policy.parameters()]
+        return seen["models"]
+
+    monkeypatch.setattr(ppo, "build_models", build)
+    policy_passes: list[str] = []
+
+    def counting(name: str):
+        original = getattr(ppo, name)
+
+        def wrapped(model, *a, **k):
+            if model is seen["models"].policy:
+                policy_passes.append(name)
+            return original(model, *a, **k)
+
+        return wrapped
+
+    for name in ("response_logprobs_and_values", "response_logprobs"):
+        monkeypatch.setattr(ppo, name, counting(name))
+    out = tmp_path / "sampling"
+    assert cli_main(["ppo", *ppo_overrides(out, tiny_model_dir, prompts_file, "ppo.old_logprobs=sampling",
+                                           f"ppo.critic={critic}", "ppo.ppo_epochs=1")]) == 0
+    assert policy_passes == []
+    rows = read_metrics(out)
+    assert [r["iteration"] for r in rows] == [1, 2]
+    for r in rows:
+        assert_finite(r, "policy_loss", "value_loss", "kl", "policy_grad_norm", "approx_kl", "clipfrac")
+        assert abs(r["approx_kl"]) < 1e-5 and r["clipfrac"] == 0.0, r
+    assert any(not torch.equal(p.detach(), p0) for p, p0 in zip(seen["models"].policy.parameters(), seen["policy0"]))

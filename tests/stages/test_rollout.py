@@ -225,3 +225,34 @@ def test_sample_responses_masks_and_texts(eos_model_dir, prompts_file):
     sub = rollout.select([2, 0])
     assert sub.prompts == [rows[2].text, rows[0].text]
     assert torch.equal(sub.response_ids[1], rollout.response_ids[0])
+
+
+def test_scores_taken_while_sampling_equal_a_scoring_pass(eos_model_dir, prompts_file):
+    """keep_logprobs: the log-probs (and a shared head's values) taken during generate equal one full scoring
+    pass over the finished rollouts at every valid position — prompts of several lengths, chunks of different
+    widths, answers that end with EOS and answers that run out of budget; select() keeps them aligned."""
+    from rlaif.data.prompts import load_prompts
+    from rlaif.rollout.scoring import response_logprobs_and_values
+
+    rows = load_prompts(prompts_file)
+    tok = load_tokenizer(eos_model_dir, padding_side="left")
+    model = load_causal_lm(eos_model_dir)
+    head = torch.nn.Linear(model.config.hidden_size, 1)
+    torch.manual_seed(0)
+    rollout, _ = sample_responses(model, tok, rows, max_new_tokens=8, temperature=0.7, batch_size=3,
+                                  max_prompt_tokens=4096, keep_logprobs=True, value_head=head)
+    assert rollout.ended_with_eos.any() and not rollout.ended_with_eos.all()
+    assert rollout.logprobs.shape == rollout.values.shape == rollout.response_ids.shape
+    with torch.no_grad():
+        lp, _, _, v = response_logprobs_and_values(model, head, *rollout.model_inputs(list(range(len(rows))), "cpu"),
+                                                   temperature=0.7)
+    m = rollout.response_mask
+    assert_close(rollout.logprobs[m], lp[m], rtol=1e-4, atol=1e-4)
+    assert_close(rollout.values[m], v[m], rtol=1e-4, atol=1e-4)
+    assert (rollout.logprobs[m] < 0).all()
+    sub = rollout.select([2, 0])
+    assert torch.equal(sub.logprobs[1], rollout.logprobs[0]) and torch.equal(sub.values[0], rollout.values[2])
+
+    plain, _ = sample_responses(model, tok, rows[:2], max_new_tokens=4, temperature=0.7)
+    assert plain.logprobs is None and plain.values is None  # off by default
+    assert not model.get_output_embeddings()._forward_hooks  # the hooks are gone after sampling

@@ -6,6 +6,7 @@ The response mask includes the first response token and the first EOS, and nothi
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -31,6 +32,8 @@ class Rollout:
     ended_with_eos: torch.Tensor  # (b,) bool
     prompts: list[str]  # the question as a reward model / judge sees it (last user turn)
     responses: list[str]  # decoded response, special tokens removed
+    logprobs: torch.Tensor | None = None  # (b, r) float32: log-probs of the sampled tokens, taken while sampling
+    values: torch.Tensor | None = None  # (b, r) float32: a shared value head's V(s_t), taken while sampling
 
     def __len__(self) -> int:
         return self.prompt_ids.shape[0]
@@ -49,6 +52,8 @@ class Rollout:
             self.prompt_ids[idx_t], self.prompt_mask[idx_t], self.response_ids[idx_t],
             self.response_mask[idx_t], self.ended_with_eos[idx_t],
             [self.prompts[i] for i in il], [self.responses[i] for i in il],
+            None if self.logprobs is None else self.logprobs[idx_t],
+            None if self.values is None else self.values[idx_t],
         )
 
 
@@ -108,6 +113,67 @@ def truncate_after_eos(
     return ids, mask, is_eos.any(dim=1)
 
 
+class ScoresWhileSampling:
+    """Hooks that take, during `generate`, what scoring would otherwise recompute with one more forward pass:
+    the log-prob of each sampled token under softmax(raw logits / temperature) — the same op and convention as
+    `rollout.scoring.response_logprobs` — and, with a shared value head, V(s_t) from the hidden state the output
+    layer reads at step t.
+
+    Per step: a forward hook on the output layer keeps that step's raw logits (b, v) (one step's, never all of
+    them); a pre-hook on the input embeddings sees the token fed back at the next step, which is the token just
+    sampled, and scores it. The last sampled token is scored from the last logits by `finish`.
+    Result: (b, T) log-probs and (b, T) values (or None) for the T generated steps.
+    """
+
+    def __init__(self, model, temperature: float, value_head: torch.nn.Module | None = None):
+        from .. import ops
+
+        self._ops, self.temperature, self.head = ops, temperature, value_head
+        self._last: torch.Tensor | None = None  # (b, 1, v) raw logits of the latest step
+        self.logprobs: list[torch.Tensor] = []
+        self.values: list[torch.Tensor] = []
+        out_layer = model.get_output_embeddings()
+        self._hooks = [
+            out_layer.register_forward_hook(self._on_logits),
+            model.get_input_embeddings().register_forward_pre_hook(self._on_input),
+        ]
+        if value_head is not None:
+            self._hooks.append(out_layer.register_forward_pre_hook(self._on_hidden))
+
+    def close(self) -> None:
+        """Remove the hooks (idempotent; also after a failed `generate`)."""
+        for h in self._hooks:
+            h.remove()
+        self._hooks = []
+
+    def _on_logits(self, _module, _args, output) -> None:
+        self._last = output[:, -1:]
+
+    def _on_hidden(self, _module, args) -> None:
+        h = args[0][:, -1]
+        self.values.append(self.head(h.to(self.head.weight.dtype)).squeeze(-1).float())
+
+    def _on_input(self, _module, args) -> None:
+        if self._last is not None:  # every call after the first: its last input id is the token sampled last
+            self._score(args[0][:, -1:])
+
+    def _score(self, tokens: torch.Tensor) -> None:
+        self.logprobs.append(self._ops.logprobs_from_logits(self._last, tokens, self.temperature)[:, 0])
+        self._last = None
+
+    def finish(self, sequences: torch.Tensor, n_new: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`sequences` (b, p + n_new) as `generate` returned them -> ((b, n_new), (b, n_new) or None)."""
+        self.close()
+        if self._last is not None:
+            self._score(sequences[:, -1:])
+        if len(self.logprobs) != n_new or (self.head is not None and len(self.values) != n_new):
+            raise RuntimeError(f"scores taken while sampling: {len(self.logprobs)} log-prob and {len(self.values)} "
+                               f"value steps for {n_new} sampled tokens (a generate that skips the model's "
+                               "embedding or output layer?); recompute them instead")
+        lp = torch.stack(self.logprobs, dim=1).float()
+        return lp, (torch.stack(self.values, dim=1) if self.head is not None else None)
+
+
 @torch.no_grad()
 def sample_responses(
     model,
@@ -122,24 +188,31 @@ def sample_responses(
     batch_size: int = 64,
     device: torch.device | str = "cpu",
     autocast: torch.autocast | None = None,
+    keep_logprobs: bool = False,
+    value_head: torch.nn.Module | None = None,
 ) -> tuple[Rollout, int]:
     """Sample one response per prompt with `model.generate` (KV cache, left padding, stop at EOS).
 
     Returns the rollout (padded to a common width) and the number of prompts truncated from the left.
+    `keep_logprobs`: the rollout also carries the sampled tokens' log-probs (and, given a shared `value_head`,
+    the values), taken while sampling (`ScoresWhileSampling`).
     """
     eos = eos_token_ids(tokenizer, model)
     pad = tokenizer.pad_token_id
     was_training = model.training
     model.eval()
     enc = encode_prompts(tokenizer, rows, max_prompt_tokens)
-    chunks = []
+    chunks, lp_chunks, v_chunks = [], [], []
     for s in range(0, len(rows), batch_size):
         ids = enc.ids[s:s + batch_size]
         mask = enc.mask[s:s + batch_size]
         keep = mask.sum(0) > 0  # drop columns that are padding for the whole chunk
         ids, mask = ids[:, keep].to(device), mask[:, keep].to(device)
         ctx = autocast if autocast is not None else torch.autocast("cpu", enabled=False)
-        with ctx:
+        scorer = ScoresWhileSampling(model, temperature, value_head) if keep_logprobs else None
+        with ctx, contextlib.ExitStack() as cleanup:
+            if scorer is not None:
+                cleanup.callback(scorer.close)
             out = model.generate(
                 input_ids=ids,
                 attention_mask=mask,
@@ -154,14 +227,24 @@ def sample_responses(
                 use_cache=True,
             )
         chunks.append(out[:, ids.shape[1]:].cpu())
+        if scorer is not None:
+            lp, v = scorer.finish(out, out.shape[1] - ids.shape[1])
+            lp_chunks.append(lp.cpu())
+            v_chunks.append(v.cpu() if v is not None else None)
     if was_training:
         model.train()
     r = max(c.shape[1] for c in chunks)
-    resp = torch.cat([torch.nn.functional.pad(c, (0, r - c.shape[1]), value=pad) for c in chunks])
+
+    def padded(parts: list[torch.Tensor], value) -> torch.Tensor:
+        return torch.cat([torch.nn.functional.pad(c, (0, r - c.shape[1]), value=value) for c in parts])
+
+    resp = padded(chunks, pad)
     resp, rmask, ended = truncate_after_eos(resp, eos, pad)
     texts = tokenizer.batch_decode(torch.where(rmask, resp, pad), skip_special_tokens=True)
     rollout = Rollout(
         prompt_ids=enc.ids, prompt_mask=enc.mask, response_ids=resp, response_mask=rmask, ended_with_eos=ended,
         prompts=[row.text for row in rows], responses=[t.strip() for t in texts],
+        logprobs=padded(lp_chunks, 0.0) if lp_chunks else None,
+        values=padded(v_chunks, 0.0) if v_chunks and v_chunks[0] is not None else None,
     )
     return rollout, enc.n_truncated

@@ -116,6 +116,11 @@ class PPOConfig:
     micro_batch_size: int = field(4, help="rollouts per forward/backward")
     gradient_accumulation_steps: int = field(8, help="micro-batches per optimizer step")
     forward_batch_size: int = field(16, help="rollouts per no-grad scoring forward pass")
+    old_logprobs: Literal["recompute", "sampling"] = field(
+        "recompute", help="recompute: the old log-probs (and a shared critic's values) from a forward pass over each "
+        "rollout, as the update will compute the new ones; sampling: taken while sampling (one policy forward pass "
+        "fewer per rollout, as TRL's PPOTrainer), at the price of a small sampling/training mismatch (KV-cached "
+        "decoding vs one full pass; larger in bf16) that shows as ratio != 1 in the first minibatch")
     ppo_epochs: int = field(1, help="passes over each rollout batch")
     learning_rate: float = field(1e-6, help="policy AdamW learning rate")
     value_learning_rate: float = field(1e-5, help="critic AdamW learning rate")
@@ -347,9 +352,13 @@ def score_batch(models: Models, rollout: Rollout, cfg: PPOConfig, device, amp) -
     models.policy.eval()
     lps, refs, vals = [], [], []
     for s in range(0, len(rollout), cfg.forward_batch_size):
-        args = rollout.model_inputs(list(range(s, min(s + cfg.forward_batch_size, len(rollout)))), device)
+        rows = list(range(s, min(s + cfg.forward_batch_size, len(rollout))))
+        args = rollout.model_inputs(rows, device)
         with amp():
-            if models.value_head is not None:  # critic=shared: one pass gives log-probs and values
+            if rollout.logprobs is not None:  # old_logprobs=sampling: taken while sampling, no policy pass
+                lps.append(rollout.logprobs[rows].float())
+                v = rollout.values[rows].float() if models.value_head is not None else None
+            elif models.value_head is not None:  # critic=shared: one pass gives log-probs and values
                 lp, _, _, v = response_logprobs_and_values(models.policy, models.value_head, *args,
                                                            cfg.generation.temperature)
                 lps.append(lp.float().cpu())
@@ -554,8 +563,9 @@ def train(run: RunConfig, cfg: PPOConfig, resolved_config: dict | None = None) -
             g = cfg.generation
             rollout, n_trunc = sample_responses(
                 models.policy, models.tokenizer, rows, max_new_tokens=g.max_new_tokens, temperature=g.temperature,
-                top_p=g.top_p, min_new_tokens=g.min_new_tokens, max_prompt_tokens=g.max_prompt_tokens, batch_size=g.batch_size, device=device,
-                autocast=amp(),
+                top_p=g.top_p, min_new_tokens=g.min_new_tokens, max_prompt_tokens=g.max_prompt_tokens,
+                batch_size=g.batch_size, device=device, autocast=amp(), keep_logprobs=cfg.old_logprobs == "sampling",
+                value_head=models.value_head,
             )
             t_gen = time.perf_counter() - t0
 
