@@ -105,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
             return _fail(str(e), 2)
         return 0
 
+    from . import distributed
     from .config import ConfigError, describe, load_config, save_config, to_dict
     from .configs import RootConfig
 
@@ -126,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
             return _fail("rlaif pipeline needs a CONFIG file (e.g. configs/pipeline-api-judge.yaml; `rlaif demo` uses its own)", 2)
     try:
         cfg = load_config(RootConfig, args.config, args.overrides)
+        distributed.check_launcher_env()  # before anything is written
     except ConfigError as e:
         return _fail(str(e), 2)
     try:

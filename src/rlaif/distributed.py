@@ -72,6 +72,30 @@ def init_from_env(device_choice: str = "auto") -> World:
     return _WORLD
 
 
+LAUNCHER_PLUGINS = {"ACCELERATE_USE_FSDP": "FSDP", "ACCELERATE_USE_DEEPSPEED": "DeepSpeed",
+                    "ACCELERATE_USE_MEGATRON_LM": "Megatron-LM"}
+
+
+def check_launcher_env() -> None:
+    """Refuse what `accelerate launch` asks of an `Accelerator` that rlaif does not build.
+
+    An accelerate config with FSDP, DeepSpeed or Megatron-LM only sets ACCELERATE_USE_* for the launched script
+    to read; rlaif's own loop would ignore them and train whole replicas while the user believes the models are
+    sharded. `--mixed_precision` is only warned about: rlaif takes its precision from `run.precision`."""
+    from .config import ConfigError
+
+    for var, what in LAUNCHER_PLUGINS.items():
+        if os.environ.get(var, "").lower() in ("1", "true", "yes"):
+            raise ConfigError(
+                f"launcher: accelerate asked for {what} ({var}=true), which rlaif does not implement (every process "
+                f"holds whole replicas of the models it trains); launch without the {what} config. "
+                "run.shard_optimizer=true shards the AdamW moments over the processes (ZeRO stage 1)")
+    mp = os.environ.get("ACCELERATE_MIXED_PRECISION", "no").lower()
+    if mp not in ("no", ""):
+        log.warning("accelerate launch --mixed_precision %s is not read: rlaif's precision is run.precision "
+                    "(auto = bf16 autocast on GPU)", mp)
+
+
 def _dist():
     import torch.distributed as dist
 

@@ -28,17 +28,19 @@ from rlaif.metrics import read_metrics
 
 HERE = Path(__file__).resolve().parent
 REWARD = HERE.parent / "stages" / "rewards_for_tests.py"
-ACCELERATE = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+ACCELERATE = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2",
               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
 
 
-def launch(args: list[str], processes: int, tmp_path: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+def launch(args: list[str], processes: int, tmp_path: Path, timeout: float = 300,
+           mode: str = "--multi_gpu") -> subprocess.CompletedProcess:
+    """`accelerate launch <mode>` of `args` in `processes` processes (1: plain python, no launcher)."""
     port = str(29500 + (os.getpid() % 2000))  # one rendezvous port per test session
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "MASTER_PORT": port}
     if processes == 1:
         cmd = [sys.executable, *args]
     else:
-        cmd = [*ACCELERATE, "--main_process_port", port, *args]
+        cmd = [*ACCELERATE, mode, "--main_process_port", port, *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=tmp_path)
 
 
@@ -234,3 +236,10 @@ def test_bad_split_and_single_process_stage_exit_2(tiny_model_dir, prompts_file,
     assert proc.returncode != 0
     assert proc.stderr.count("rlaif demo runs in one process") == 2
     assert not (tmp_path / "demo").exists()
+
+    # an accelerate FSDP config is not silently ignored: rlaif does not shard weights, and says so before writing
+    proc = launch(_cli("ppo", tmp_path / "fsdp", tiny_model_dir, [f"ppo.prompts={prompts_file}"]), 2, tmp_path,
+                  mode="--use_fsdp")
+    assert proc.returncode != 0
+    assert proc.stderr.count("accelerate asked for FSDP (ACCELERATE_USE_FSDP=true)") == 2
+    assert not (tmp_path / "fsdp").exists()
