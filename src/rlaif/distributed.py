@@ -199,8 +199,9 @@ def broadcast_parameters(model: torch.nn.Module) -> None:
 
 def all_reduce_gradients(model: torch.nn.Module) -> None:
     """Sum every trainable parameter's gradient over processes (missing gradients count as zeros, so every
-    process reduces the same buffers). One flat buffer per dtype."""
-    if not _WORLD.enabled:
+    process reduces the same buffers). One flat buffer per dtype. A sharded model's gradients are already
+    summed (reduce-scattered in its backward pass)."""
+    if not _WORLD.enabled or is_sharded(model):
         return
     dist = _dist()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -222,6 +223,102 @@ def all_reduce_gradients(model: torch.nn.Module) -> None:
             offset += n
 
 
+# ---------------------------------------------------------------------------------------------------------
+# FSDP (torch's fully_shard): weights, gradients and AdamW moments sharded over processes (ZeRO stage 3)
+
+
+def shard_model(model: torch.nn.Module) -> bool:
+    """Shard `model` over the processes with torch's FSDP2 (`fully_shard`): each decoder layer (the classes in
+    the model's `_no_split_modules`) is one unit, the rest (embeddings, final norm, head) the root unit. Every
+    process then holds 1/N of the weights; a layer's weights are gathered for its forward and backward and
+    freed after. Gradients are reduce-scattered as SUMS (our losses are already divided by the global token
+    count), so the update equals the single-process one. A no-op with one process (returns False)."""
+    if not _WORLD.enabled:
+        return False
+    from torch.distributed.fsdp import fully_shard
+
+    unit_names = set(getattr(model, "_no_split_modules", None) or [])
+    units = [m for m in model.modules() if type(m).__name__ in unit_names]
+    if not units:
+        raise ValueError(f"run.fsdp: {type(model).__name__} names no decoder-layer class (_no_split_modules) to "
+                         "shard by")
+    for unit in [*units, model]:
+        fully_shard(unit)
+        unit.set_gradient_divide_factor(1.0)  # per unit: the root's setting does not reach the layers
+        unit.set_force_sum_reduction_for_comms(True)  # a plain SUM: gloo has no PREMUL_SUM
+    return True
+
+
+def is_sharded(model: torch.nn.Module | None) -> bool:
+    if model is None or not _WORLD.enabled:
+        return False
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
+
+
+def reshard(model: torch.nn.Module) -> None:
+    """Put a sharded model back in its sharded state. After a forward pass without a backward (evaluation,
+    scoring) FSDP leaves the root unit's weights gathered, and its parameters are then other tensor objects
+    than the optimizer's; the state-dict functions below need the sharded ones."""
+    if is_sharded(model):
+        from torch.distributed.fsdp import FSDPModule
+
+        for m in model.modules():
+            if isinstance(m, FSDPModule):
+                m.reshard()
+
+
+def local(t: torch.Tensor) -> torch.Tensor:
+    """This process's shard of a sharded (DTensor) parameter or gradient; any other tensor as it is."""
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
+def _full_options():
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
+def full_model_state(model: torch.nn.Module) -> dict | None:
+    """A sharded model's whole state dict on the main process (a collective: every process calls it; the
+    others get {}); None for a model that is not sharded (save it as it is)."""
+    if not is_sharded(model):
+        return None
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    reshard(model)
+    return get_model_state_dict(model, options=_full_options())
+
+
+def save_pretrained(model, folder, state: dict | None) -> None:
+    """`model.save_pretrained(folder)`, from `state` (full_model_state) when the model is sharded."""
+    if state is None:
+        model.save_pretrained(folder)
+    else:
+        model.save_pretrained(folder, state_dict=state)
+
+
+def trained_state_gib(model: torch.nn.Module, opt: torch.optim.Optimizer) -> float:
+    """GiB this process holds of `model`'s parameters and `opt`'s state (AdamW moments): its shards when sharded
+    (run.fsdp, run.shard_optimizer), everything otherwise. Gradients are not counted (freed after each step)."""
+    tensors = [local(p.detach()) for p in model.parameters()]
+    inner = getattr(opt, "optim", opt)  # ZeroRedundancyOptimizer keeps its part in its own AdamW
+    tensors += [local(t) for st in inner.state.values() for t in st.values() if torch.is_tensor(t)]
+    seen, total = set(), 0
+    for t in tensors:
+        if t.data_ptr() not in seen:  # tied weights once
+            seen.add(t.data_ptr())
+            total += t.numel() * t.element_size()
+    return total / 2**30
+
+
+def clip_grad_norm(model: torch.nn.Module, max_norm: float) -> torch.Tensor:
+    """`clip_grad_norm_` over the trainable parameters; the total norm as a plain tensor, sharded or not."""
+    norm = torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], max_norm)
+    return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+
+
 def make_adamw(params, *, shard_state: bool = False, **kwargs) -> torch.optim.Optimizer:
     """AdamW over `params` (tensors or param-group dicts). With `shard_state` and N > 1 processes: ZeRO stage 1
     (torch's `ZeroRedundancyOptimizer`): each process keeps the AdamW moments of about 1/N of the parameters,
@@ -238,13 +335,31 @@ def make_adamw(params, *, shard_state: bool = False, **kwargs) -> torch.optim.Op
     return torch.optim.AdamW(params, **kwargs)
 
 
-def optimizer_state(opt: torch.optim.Optimizer) -> dict | None:
+def optimizer_state(opt: torch.optim.Optimizer, model: torch.nn.Module | None = None) -> dict | None:
     """The whole state dict of `opt` on the main process, as an unsharded AdamW's (None elsewhere). A collective
-    for a sharded optimizer (`make_adamw(shard_state=True)`): every process must call it."""
+    for a sharded optimizer (`make_adamw(shard_state=True)`) or a sharded `model` (`shard_model`; the state is
+    then keyed by parameter name): every process must call it."""
+    if is_sharded(model):
+        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+        reshard(model)
+        state = get_optimizer_state_dict(model, opt, options=_full_options())
+        return state if is_main() else None
     if type(opt).__name__ == "ZeroRedundancyOptimizer":
         opt.consolidate_state_dict(to=0)
         return opt.state_dict() if is_main() else None
     return opt.state_dict()
+
+def load_optimizer_state(opt: torch.optim.Optimizer, state: dict, model: torch.nn.Module) -> None:
+    """Load a state saved by `optimizer_state`: keyed by parameter name (saved from a sharded model) or by
+    index (any other); each process takes the part it holds."""
+    if any(isinstance(k, str) for k in state.get("state", {})):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        reshard(model)
+        set_optimizer_state_dict(model, opt, optim_state_dict=state, options=StateDictOptions(full_state_dict=True))
+    else:
+        opt.load_state_dict(state)
 
 
 def parameter_fingerprint(model: torch.nn.Module) -> torch.Tensor:
@@ -257,8 +372,9 @@ def parameter_fingerprint(model: torch.nn.Module) -> torch.Tensor:
 
 
 def check_replicas(model: torch.nn.Module, what: str) -> None:
-    """Raise when the processes' copies of `model` differ (they must be bit-identical after each step)."""
-    if not _WORLD.enabled:
+    """Raise when the processes' copies of `model` differ (they must be bit-identical after each step). A
+    sharded model has no copies to compare."""
+    if not _WORLD.enabled or is_sharded(model):
         return
     prints = all_gather_object(parameter_fingerprint(model))
     if any(not torch.equal(prints[0], p) for p in prints[1:]):

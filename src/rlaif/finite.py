@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import torch
 
+from . import distributed
+
 
 def nonfinite_parameters(model: torch.nn.Module) -> list[str]:
     """Names of the parameters that hold a NaN or an inf (empty when all are finite).
@@ -19,7 +21,7 @@ def nonfinite_parameters(model: torch.nn.Module) -> list[str]:
     per-tensor `isfinite` pass takes about 0.7 s); only when that norm is not finite — a NaN/inf, or finite
     weights so large that the sum of squares overflows — is each parameter checked exactly.
     """
-    named = [(n, p.detach()) for n, p in model.named_parameters()]
+    named = [(n, distributed.local(p.detach())) for n, p in model.named_parameters()]  # a shard: its own part
     if not named:
         return []
     total = torch.nn.utils.get_total_norm([p for _, p in named], foreach=True)
@@ -31,6 +33,8 @@ def nonfinite_parameters(model: torch.nn.Module) -> list[str]:
 def check_finite_weights(model: torch.nn.Module, what: str = "") -> None:
     """Raise FloatingPointError naming the first non-finite parameters of `model` (`what`: e.g. "policy: ")."""
     bad = nonfinite_parameters(model)
+    if distributed.is_sharded(model) and distributed.any_true(bool(bad)) and not bad:
+        raise FloatingPointError(f"{what}non-finite weights after the optimizer step in another process's shard")
     if bad:
         more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
         raise FloatingPointError(f"{what}non-finite weights after the optimizer step in {', '.join(bad[:3])}{more}")

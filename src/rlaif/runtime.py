@@ -32,6 +32,9 @@ class RunConfig:
     shard_optimizer: bool = field(
         False, help="with N processes (accelerate launch): ZeRO stage 1, each process keeps the AdamW moments of "
         "1/N of the parameters (same update; ignored with one process)")
+    fsdp: bool = field(
+        False, help="with N processes: shard the trained model's weights, gradients and AdamW moments over them "
+        "(torch FSDP2 fully_shard, ZeRO stage 3; rlaif sft only so far; ignored with one process)")
     threads: int = field(0, help="torch CPU threads; 0 = leave torch's default")
     resume: str = field("auto", help="auto = continue from the latest complete checkpoint; never; or a path")
     keep_checkpoints: int = field(2, help="how many of the latest checkpoints to keep")
@@ -46,6 +49,8 @@ class RunConfig:
                 raise ConfigError(f"config key 'run.report_to': unknown sink '{sink}' (tensorboard | wandb)")
         if self.keep_checkpoints < 1:
             raise ConfigError("config key 'run.keep_checkpoints': must be >= 1")
+        if self.fsdp and self.shard_optimizer:
+            raise ConfigError("config key 'run.fsdp': already shards the AdamW moments; drop run.shard_optimizer")
 
 
 def pick_device(choice: str) -> torch.device:
@@ -102,9 +107,15 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def setup_run(run: RunConfig, data_parallel: bool = False) -> tuple[Path, torch.device]:
+def setup_run(run: RunConfig, data_parallel: bool = False, fsdp: bool = False) -> tuple[Path, torch.device]:
     """The run folder and device; joins the launcher's process group. Stages that do not shard their work
-    (`data_parallel=False`) refuse to run in several processes rather than repeat the same work N times."""
+    (`data_parallel=False`) refuse to run in several processes rather than repeat the same work N times;
+    stages that cannot shard their models (`fsdp=False`) refuse run.fsdp."""
+    if run.fsdp and not fsdp:
+        from .config import ConfigError
+
+        raise ConfigError("config key 'run.fsdp': only rlaif sft shards its model so far; use run.shard_optimizer "
+                          "(ZeRO stage 1) for this stage")
     if not run.output_dir:
         from .config import ConfigError
 

@@ -139,9 +139,12 @@ def _has_every_moment(opt_state: dict) -> bool:
         {"exp_avg", "exp_avg_sq"} <= set(st) for st in opt_state["state"].values())
 
 
-def test_sharded_optimizer_equals_one_process_and_resumes(tiny_model_dir, tmp_path):
-    """run.shard_optimizer (ZeRO-1) in 2 processes: the same losses and weights as 1 process; the checkpoint
-    holds every parameter's moments (gathered from both processes); a rerun from it ends where the run ended."""
+@pytest.mark.parametrize("sharding", ["run.shard_optimizer=true", "run.fsdp=true"])
+def test_sharded_sft_equals_one_process_and_resumes(sharding, tiny_model_dir, tmp_path):
+    """run.shard_optimizer (ZeRO-1: AdamW moments sharded) or run.fsdp (FSDP2: weights, gradients and moments
+    sharded) in 2 processes: the same losses and weights as 1 process (each epoch's last step has 1 row, so one
+    process runs a zero-weight pass to keep the sharded passes in step); the checkpoint holds the whole model and
+    every parameter's moments (gathered from both processes); a rerun from it ends where the run ended."""
     import shutil
 
     from safetensors.torch import load_file
@@ -150,7 +153,7 @@ def test_sharded_optimizer_equals_one_process_and_resumes(tiny_model_dir, tmp_pa
     outs = {"one": tmp_path / "one", "zero": tmp_path / "zero"}
     for name, n in (("one", 1), ("zero", 2)):
         proc = launch(["-m", "rlaif.cli", "sft", f"run.output_dir={outs[name]}", "run.progress=false",
-                       "run.device=cpu", "run.keep_checkpoints=1", "run.shard_optimizer=true", *args], n, tmp_path)
+                       "run.device=cpu", "run.keep_checkpoints=1", sharding, *args], n, tmp_path)
         assert proc.returncode == 0, proc.stderr[-3000:]
     for a, b in zip(read_metrics(outs["one"]), read_metrics(outs["zero"]), strict=True):
         for key in keys:
@@ -159,13 +162,16 @@ def test_sharded_optimizer_equals_one_process_and_resumes(tiny_model_dir, tmp_pa
     w1, w2 = (load_file(str(o / folder / "model.safetensors")) for o in outs.values())
     assert max((w1[k] - w2[k]).abs().max().item() for k in w1) < 1e-4
     (step, ckpt), = list_checkpoints(outs["zero"])
-    assert step == 6 and _has_every_moment(torch.load(ckpt / "optimizer.pt", weights_only=False))
+    opt_state = torch.load(ckpt / "optimizer.pt", weights_only=False)
+    assert step == 6 and _has_every_moment(opt_state)
+    # gathered from a sharded model, the moments are keyed by parameter name (by index otherwise)
+    assert all(isinstance(k, str) for k in opt_state["state"]) == (sharding == "run.fsdp=true")
 
     resumed = tmp_path / "resumed"  # the last step again, from the step-6 checkpoint, in 2 sharded processes
     shutil.copytree(outs["zero"], resumed)
     shutil.rmtree(resumed / folder)
     proc = launch(["-m", "rlaif.cli", "sft", f"run.output_dir={resumed}", "run.progress=false", "run.device=cpu",
-                   "run.keep_checkpoints=1", "run.shard_optimizer=true", *args], 2, tmp_path)
+                   "run.keep_checkpoints=1", sharding, *args], 2, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "resumed from" in proc.stderr
     w3 = load_file(str(resumed / folder / "model.safetensors"))

@@ -263,3 +263,15 @@ def test_fresh_run_in_a_used_folder_does_not_duplicate_metrics(tmp_path, tiny_mo
     assert cli_main(args) == 0
     assert cli_main([*args, "run.resume=never"]) == 0
     assert [r["iteration"] for r in read_metrics(tmp_path)] == [1, 2]
+
+
+@pytest.mark.parametrize("args, key", [
+    (["ppo", "run.fsdp=true"], "run.fsdp"),  # only sft shards its model so far
+    (["sft", "run.fsdp=true", "run.shard_optimizer=true"], "run.fsdp"),  # FSDP already shards the moments
+])
+def test_fsdp_where_it_is_not_built_exits_2(capsys, tmp_path, tiny_model_dir, prompts_file, args, key):
+    extra = ([f"ppo.policy={tiny_model_dir}", f"ppo.prompts={prompts_file}",
+              f"ppo.reward.function={REWARDS}:constant_one"] if args[0] == "ppo" else [f"sft.model={tiny_model_dir}"])
+    assert cli_main([*args, f"run.output_dir={tmp_path / 'run'}", *extra]) == 2
+    lines = _error_lines(capsys)
+    assert any(f"'{key}'" in line for line in lines), lines

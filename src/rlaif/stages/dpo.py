@@ -347,7 +347,7 @@ def train(run: RunConfig, cfg: DPOConfig, resolved_config: dict | None = None, d
     opt = distributed.make_adamw(model.parameters(), shard_state=run.shard_optimizer, lr=cfg.learning_rate,
                                  weight_decay=cfg.weight_decay)
     metrics = MetricsLogger(out, run.report_to, resolved_config, step_key="step")
-    start = restore_trainer_state(ckpt, opt, stream, total, log) if ckpt is not None else 0
+    start = restore_trainer_state(ckpt, opt, stream, total, log, model) if ckpt is not None else 0
     metrics.truncate_after(start if ckpt is not None else -1)  # each step logged once, step 0 included
     log.info("DPO of %s against %s (beta %g), %d training pairs, %d held-out, %d steps of %d pairs", cfg.policy,
              cfg.reference or "the starting policy", cfg.beta, len(pairs["train"]), len(pairs["eval"]), total, batch)

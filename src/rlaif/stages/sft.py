@@ -132,13 +132,13 @@ def train_step(model, opt, examples: list[Encoded], cfg: SFTConfig, pad_id: int,
     n_tokens = sum(e.n_trained for e in examples)  # answer tokens of the whole optimizer step
     mine = distributed.my_items(examples)
     total = 0.0
-    for s in range(0, len(mine), cfg.micro_batch_size):
-        batch = {k: v.to(device) for k, v in collate(mine[s:s + cfg.micro_batch_size], pad_id).items()}
+    for chunk, weight in lockstep_chunks(mine, cfg.micro_batch_size, examples[0], distributed.is_sharded(model)):
+        batch = {k: v.to(device) for k, v in collate(chunk, pad_id).items()}
         with amp():
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                            use_cache=False).logits
         ce_sum, _ = ops.token_ce_sum(logits, batch["labels"])
-        loss = ce_sum / max(1, n_tokens)
+        loss = ce_sum * weight / max(1, n_tokens)
         if not torch.isfinite(loss):
             opt.zero_grad(set_to_none=True)
             raise FloatingPointError(f"loss is {loss.item()}")
@@ -146,7 +146,7 @@ def train_step(model, opt, examples: list[Encoded], cfg: SFTConfig, pad_id: int,
         total += loss.item()
     distributed.all_reduce_gradients(model)
     total = distributed.all_reduce_floats([total])[0]
-    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+    norm = distributed.clip_grad_norm(model, cfg.max_grad_norm)
     if not torch.isfinite(norm):
         opt.zero_grad(set_to_none=True)
         raise FloatingPointError(f"non-finite gradient norm {norm.item()}")
@@ -154,7 +154,19 @@ def train_step(model, opt, examples: list[Encoded], cfg: SFTConfig, pad_id: int,
     opt.zero_grad(set_to_none=True)
     check_finite_weights(model)  # an update can overflow even from a finite gradient; nothing is saved then
     distributed.check_replicas(model, "sft")
-    return {"loss": total, "grad_norm": float(norm), "tokens": n_tokens}
+    return {"loss": total, "grad_norm": float(norm), "tokens": n_tokens,
+            "trained_state_gib": distributed.trained_state_gib(model, opt)}
+
+
+def lockstep_chunks(mine: list, size: int, filler, sharded: bool) -> list[tuple[list, float]]:
+    """This process's rows in chunks of `size`, each with its loss weight 1.0. A sharded model's processes
+    must run the same number of forward/backward passes (each pass gathers weights from all of them): a
+    process with fewer chunks than the busiest adds passes over `filler` with weight 0.0."""
+    chunks = [(mine[s:s + size], 1.0) for s in range(0, len(mine), size)]
+    if sharded:
+        most = int(distributed.all_reduce_floats([float(len(chunks))], op="max")[0])
+        chunks += [([filler], 0.0)] * (most - len(chunks))
+    return chunks
 
 
 @torch.no_grad()
@@ -162,30 +174,34 @@ def evaluate(model, examples: list[Encoded], batch_size: int, pad_id: int, devic
     """Step 5: answer-token mean cross-entropy over the held-out rows (token-weighted across batches)."""
     model.eval()
     total, count = 0.0, 0.0
-    examples = distributed.my_items(examples)  # each process scores every N-th row; the sums are reduced
-    for s in range(0, len(examples), batch_size):
-        batch = {k: v.to(device) for k, v in collate(examples[s:s + batch_size], pad_id).items()}
+    mine = distributed.my_items(examples)  # each process scores every N-th row; the sums are reduced
+    for chunk, weight in lockstep_chunks(mine, batch_size, examples[0], distributed.is_sharded(model)):
+        batch = {k: v.to(device) for k, v in collate(chunk, pad_id).items()}
         with amp():
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                            use_cache=False).logits
         ce_sum, n = ops.token_ce_sum(logits, batch["labels"])
-        total, count = total + ce_sum.item(), count + n.item()
+        total, count = total + weight * ce_sum.item(), count + weight * n.item()
+    distributed.reshard(model)  # FSDP keeps the root's weights gathered after a forward without backward
     total, count = distributed.all_reduce_floats([total, count])
     loss = total / max(1.0, count)
     return {"eval_loss": loss, "eval_ppl": math.exp(min(loss, 50.0)), "eval_tokens": int(count)}
 
 
 def save_model(model, tokenizer, folder: Path) -> None:
-    """Written by the main process while the others wait."""
+    """Written by the main process while the others wait (a sharded model's weights gathered first)."""
+    state = distributed.full_model_state(model)
     if distributed.is_main():
-        model.save_pretrained(folder)
+        distributed.save_pretrained(model, folder, state)
         tokenizer.save_pretrained(folder)
     distributed.barrier()
 
 
-def write_checkpoint(folder: Path, model, opt_state: dict, state: dict, rng: dict | None = None) -> None:
-    """A resumable checkpoint: the model (HF format in `model/`), AdamW state, RNG state(s), trainer state."""
-    model.save_pretrained(folder / "model")
+def write_checkpoint(folder: Path, model, opt_state: dict, state: dict, rng: dict | None = None,
+                     model_state: dict | None = None) -> None:
+    """A resumable checkpoint: the model (HF format in `model/`), AdamW state, RNG state(s), trainer state.
+    `model_state`: a sharded model's gathered weights (`distributed.full_model_state`)."""
+    distributed.save_pretrained(model, folder / "model", model_state)
     torch_save(opt_state, folder / "optimizer.pt")
     torch_save(rng if rng is not None else rng_state(), folder / "rng.pt")
     save_json(folder / "trainer_state.json", state)
@@ -195,10 +211,11 @@ def save_step_checkpoint(out: Path, step: int, model, opt, state: dict, keep: in
     """Every process's RNG state gathered, the checkpoint written by the main process, the others waiting.
     `save`: the calling stage's `save_checkpoint` (looked up there, so a test can wrap it per stage)."""
     rng = distributed.gather_rng_states(rng_state())
-    opt_state = distributed.optimizer_state(opt)  # gathered from every process under run.shard_optimizer
+    opt_state = distributed.optimizer_state(opt, model)  # gathered from every process when sharded
+    model_state = distributed.full_model_state(model)
     if distributed.is_main():
-        (save or save_checkpoint)(out, step, lambda folder: write_checkpoint(folder, model, opt_state, state, rng),
-                                  keep)
+        (save or save_checkpoint)(
+            out, step, lambda folder: write_checkpoint(folder, model, opt_state, state, rng, model_state), keep)
     distributed.barrier()
 
 
@@ -206,10 +223,10 @@ def save_step_checkpoint(out: Path, step: int, model, opt, state: dict, keep: in
 # the loop
 
 
-def restore_trainer_state(ckpt, opt, stream: BatchStream, total: int, log: logging.Logger) -> int:
+def restore_trainer_state(ckpt, opt, stream: BatchStream, total: int, log: logging.Logger, model) -> int:
     """Resume sft/rm/dpo from `ckpt`: optimizer moments, RNG states and the data position; returns the step.
     A run resumed with another planned length recomputes its learning-rate schedule (warned)."""
-    opt.load_state_dict(torch_load(ckpt / "optimizer.pt"))
+    distributed.load_optimizer_state(opt, torch_load(ckpt / "optimizer.pt"), model)
     state = load_json(ckpt / "trainer_state.json")
     rng = distributed.my_rng_state(torch_load(ckpt / "rng.pt"))
     if rng is not None:
@@ -225,7 +242,7 @@ def restore_trainer_state(ckpt, opt, stream: BatchStream, total: int, log: loggi
 def train(run: RunConfig, cfg: SFTConfig, resolved_config: dict | None = None) -> Path:
     """Run SFT; returns the folder of the final model (Hugging Face format, with the tokenizer)."""
     cfg.validate()
-    out, device = setup_run(run, data_parallel=True)
+    out, device = setup_run(run, data_parallel=True, fsdp=True)
     seed_everything(run.seed)
     amp = autocast_for(device, run.precision)
     tokenizer = load_tokenizer(cfg.model, padding_side="left")  # saved with the model, ready for generation
@@ -246,10 +263,12 @@ def train(run: RunConfig, cfg: SFTConfig, resolved_config: dict | None = None) -
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
         model.config.use_cache = False
+    if run.fsdp:
+        distributed.shard_model(model)  # weights, gradients and moments: 1/N per process
     opt = distributed.make_adamw(model.parameters(), shard_state=run.shard_optimizer, lr=cfg.learning_rate,
                                  weight_decay=cfg.weight_decay)
     metrics = MetricsLogger(out, run.report_to, resolved_config, step_key="step")
-    start = restore_trainer_state(ckpt, opt, stream, total, log) if ckpt is not None else 0
+    start = restore_trainer_state(ckpt, opt, stream, total, log, model) if ckpt is not None else 0
     metrics.truncate_after(start if ckpt is not None else -1)  # each step logged once, step 0 included
 
     if data.eval and ckpt is None:  # the held-out loss before any update
