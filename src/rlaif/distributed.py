@@ -313,6 +313,18 @@ def trained_state_gib(model: torch.nn.Module, opt: torch.optim.Optimizer) -> flo
     return total / 2**30
 
 
+def lockstep_chunks(mine: list, size: int, filler, model: torch.nn.Module) -> list[tuple[list, float]]:
+    """This process's items in chunks of `size`, each with its loss weight 1.0. The processes of a sharded
+    `model` must run the same number of forward (and backward) passes, since each pass gathers weights from all
+    of them: a process with fewer chunks than the busiest adds passes over [`filler`] with weight 0.0 (their
+    results must be multiplied by the weight, or skipped)."""
+    chunks = [(mine[s:s + size], 1.0) for s in range(0, len(mine), size)]
+    if is_sharded(model):
+        most = int(all_reduce_floats([float(len(chunks))], op="max")[0])
+        chunks += [([filler], 0.0)] * (most - len(chunks))
+    return chunks
+
+
 def clip_grad_norm(model: torch.nn.Module, max_norm: float) -> torch.Tensor:
     """`clip_grad_norm_` over the trainable parameters; the total norm as a plain tensor, sharded or not."""
     norm = torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], max_norm)

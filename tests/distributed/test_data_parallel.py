@@ -139,20 +139,22 @@ def _has_every_moment(opt_state: dict) -> bool:
         {"exp_avg", "exp_avg_sq"} <= set(st) for st in opt_state["state"].values())
 
 
-@pytest.mark.parametrize("sharding", ["run.shard_optimizer=true", "run.fsdp=true"])
-def test_sharded_sft_equals_one_process_and_resumes(sharding, tiny_model_dir, tmp_path):
+@pytest.mark.parametrize(("stage", "sharding"), [("sft", "run.shard_optimizer=true"), ("sft", "run.fsdp=true"),
+                                                 ("rm", "run.fsdp=true"), ("dpo", "run.fsdp=true")])
+def test_sharded_training_equals_one_process_and_resumes(stage, sharding, tiny_model_dir, tmp_path):
     """run.shard_optimizer (ZeRO-1: AdamW moments sharded) or run.fsdp (FSDP2: weights, gradients and moments
-    sharded) in 2 processes: the same losses and weights as 1 process (each epoch's last step has 1 row, so one
-    process runs a zero-weight pass to keep the sharded passes in step); the checkpoint holds the whole model and
-    every parameter's moments (gathered from both processes); a rerun from it ends where the run ended."""
+    sharded) in 2 processes: the same logged figures and weights as 1 process (each epoch's last step has 1 row
+    and the held-out set 2, so one process runs zero-weight passes to keep the sharded passes in step); the
+    checkpoint holds the whole model and every parameter's moments (gathered from both processes); a rerun from
+    it ends where the run ended."""
     import shutil
 
     from safetensors.torch import load_file
 
-    args, folder, keys = _stage_args("sft", tiny_model_dir, tmp_path)
+    args, folder, keys = _stage_args(stage, tiny_model_dir, tmp_path)
     outs = {"one": tmp_path / "one", "zero": tmp_path / "zero"}
     for name, n in (("one", 1), ("zero", 2)):
-        proc = launch(["-m", "rlaif.cli", "sft", f"run.output_dir={outs[name]}", "run.progress=false",
+        proc = launch(["-m", "rlaif.cli", stage, f"run.output_dir={outs[name]}", "run.progress=false",
                        "run.device=cpu", "run.keep_checkpoints=1", sharding, *args], n, tmp_path)
         assert proc.returncode == 0, proc.stderr[-3000:]
     for a, b in zip(read_metrics(outs["one"]), read_metrics(outs["zero"]), strict=True):
@@ -162,6 +164,7 @@ def test_sharded_sft_equals_one_process_and_resumes(sharding, tiny_model_dir, tm
     w1, w2 = (load_file(str(o / folder / "model.safetensors")) for o in outs.values())
     assert max((w1[k] - w2[k]).abs().max().item() for k in w1) < 1e-4
     (step, ckpt), = list_checkpoints(outs["zero"])
+    assert (ckpt / "model" / "model.safetensors").is_file()
     opt_state = torch.load(ckpt / "optimizer.pt", weights_only=False)
     assert step == 6 and _has_every_moment(opt_state)
     # gathered from a sharded model, the moments are keyed by parameter name (by index otherwise)
@@ -170,7 +173,7 @@ def test_sharded_sft_equals_one_process_and_resumes(sharding, tiny_model_dir, tm
     resumed = tmp_path / "resumed"  # the last step again, from the step-6 checkpoint, in 2 sharded processes
     shutil.copytree(outs["zero"], resumed)
     shutil.rmtree(resumed / folder)
-    proc = launch(["-m", "rlaif.cli", "sft", f"run.output_dir={resumed}", "run.progress=false", "run.device=cpu",
+    proc = launch(["-m", "rlaif.cli", stage, f"run.output_dir={resumed}", "run.progress=false", "run.device=cpu",
                    "run.keep_checkpoints=1", sharding, *args], 2, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "resumed from" in proc.stderr

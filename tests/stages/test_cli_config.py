@@ -266,7 +266,7 @@ def test_fresh_run_in_a_used_folder_does_not_duplicate_metrics(tmp_path, tiny_mo
 
 
 @pytest.mark.parametrize("args, key", [
-    (["ppo", "run.fsdp=true"], "run.fsdp"),  # only sft shards its model so far
+    (["ppo", "run.fsdp=true"], "run.fsdp"),  # only sft, rm and dpo shard their model so far
     (["sft", "run.fsdp=true", "run.shard_optimizer=true"], "run.fsdp"),  # FSDP already shards the moments
 ])
 def test_fsdp_where_it_is_not_built_exits_2(capsys, tmp_path, tiny_model_dir, prompts_file, args, key):

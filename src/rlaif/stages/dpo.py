@@ -160,10 +160,12 @@ def score_all(model, pairs: list[EncodedPair], batch_size: int, pad_id: int, dev
     model.eval()
     chosen, rejected = [torch.zeros(0)], [torch.zeros(0)]
     mine = distributed.my_items(pairs)
-    for s in range(0, len(mine), batch_size):
-        c, r = policy_logps(model, mine[s:s + batch_size], pad_id, device, amp)
-        chosen.append(c.float().cpu())
-        rejected.append(r.float().cpu())
+    for part, weight in distributed.lockstep_chunks(mine, batch_size, pairs[0] if pairs else None, model):
+        c, r = policy_logps(model, part, pad_id, device, amp)
+        if weight:
+            chosen.append(c.float().cpu())
+            rejected.append(r.float().cpu())
+    distributed.reshard(model)
     return (distributed.gather_items(torch.cat(chosen), len(pairs)),
             distributed.gather_items(torch.cat(rejected), len(pairs)))
 
@@ -251,24 +253,29 @@ def train_step(model, opt, pairs: list[EncodedPair], ref: tuple[torch.Tensor, to
     """
     model.train()
     n_pairs = len(pairs)  # the normaliser of the whole optimizer step
-    mine, ref = distributed.my_items(pairs), (distributed.my_items(ref[0]), distributed.my_items(ref[1]))
+    # each process's pairs with their reference log-probs (chosen, rejected)
+    mine = list(zip(distributed.my_items(pairs), distributed.my_items(ref[0]).tolist(),
+                    distributed.my_items(ref[1]).tolist()))
     parts: dict[str, list[torch.Tensor]] = {k: [torch.zeros(0)] for k in ("losses", "chosen", "rejected", "logp_c",
                                                                           "logp_r")}
-    for s in range(0, len(mine), cfg.micro_batch_size):
-        part = mine[s:s + cfg.micro_batch_size]
+    filler = (pairs[0], 0.0, 0.0) if pairs else None
+    for chunk, weight in distributed.lockstep_chunks(mine, cfg.micro_batch_size, filler, model):
+        part = [p for p, _, _ in chunk]
         chosen, rejected = policy_logps(model, part, pad_id, device, amp)
         eps = torch.tensor([p.smoothing for p in part], device=chosen.device)
-        losses, chosen_r, rejected_r = ops.dpo_loss(chosen, rejected, ref[0][s:s + len(part)].to(device),
-                                                    ref[1][s:s + len(part)].to(device), cfg.beta, eps)
-        loss = losses.sum() / n_pairs
+        ref_c = torch.tensor([c for _, c, _ in chunk], dtype=torch.float32, device=device)
+        ref_r = torch.tensor([r for _, _, r in chunk], dtype=torch.float32, device=device)
+        losses, chosen_r, rejected_r = ops.dpo_loss(chosen, rejected, ref_c, ref_r, cfg.beta, eps)
+        loss = losses.sum() * weight / n_pairs
         if not torch.isfinite(loss):
             opt.zero_grad(set_to_none=True)
             raise FloatingPointError(f"loss is {loss.item()}")
         loss.backward()
-        for k, v in zip(parts, (losses, chosen_r, rejected_r, chosen, rejected)):
-            parts[k].append(v.detach().float().cpu())
+        if weight:
+            for k, v in zip(parts, (losses, chosen_r, rejected_r, chosen, rejected)):
+                parts[k].append(v.detach().float().cpu())
     distributed.all_reduce_gradients(model)
-    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+    norm = distributed.clip_grad_norm(model, cfg.max_grad_norm)
     if not torch.isfinite(norm):
         opt.zero_grad(set_to_none=True)
         raise FloatingPointError(f"non-finite gradient norm {norm.item()}")
@@ -315,7 +322,7 @@ def train(run: RunConfig, cfg: DPOConfig, resolved_config: dict | None = None, d
     """
     cfg.validate()
     data = data if data is not None else read_data(cfg, run.seed)  # bad input fails before any output
-    out, device = setup_run(run, data_parallel=True)
+    out, device = setup_run(run, data_parallel=True, fsdp=True)
     seed_everything(run.seed)
     amp = autocast_for(device, run.precision)
     tokenizer = load_tokenizer(cfg.policy, padding_side="left")  # saved with the policy, ready for generation
@@ -344,6 +351,8 @@ def train(run: RunConfig, cfg: DPOConfig, resolved_config: dict | None = None, d
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
         model.config.use_cache = False
+    if run.fsdp:  # after the reference log-probs, which the starting policy may have scored whole
+        distributed.shard_model(model)
     opt = distributed.make_adamw(model.parameters(), shard_state=run.shard_optimizer, lr=cfg.learning_rate,
                                  weight_decay=cfg.weight_decay)
     metrics = MetricsLogger(out, run.report_to, resolved_config, step_key="step")
@@ -397,9 +406,10 @@ def train(run: RunConfig, cfg: DPOConfig, resolved_config: dict | None = None, d
     metrics.close()
 
     final = out / "policy"
+    state = distributed.full_model_state(model)  # a sharded model's weights, gathered
     if distributed.is_main():
         with atomic_dir(final) as tmp:
-            model.save_pretrained(tmp)
+            distributed.save_pretrained(model, tmp, state)
             tokenizer.save_pretrained(tmp)
     distributed.barrier()
     if pairs["eval"] and last_eval is None:  # a rerun of a finished run

@@ -160,15 +160,16 @@ def train_step(model, opt, tokenizer, fmt: str, rows: list[PreferenceRow], cfg: 
     mine = distributed.my_items(rows)
     sums = {"loss": 0.0, "bt_loss": 0.0, "center_penalty": 0.0}
     chosen_all, rejected_all, n_full = [torch.zeros(0)], [torch.zeros(0)], 0
-    for s in range(0, len(mine), cfg.micro_batch_size):
-        part = mine[s:s + cfg.micro_batch_size]
+    for part, weight in distributed.lockstep_chunks(mine, cfg.micro_batch_size, rows[0] if rows else None, model):
         chosen, rejected, full = pair_rewards(model, tokenizer, fmt, part, cfg.max_length, device, amp)
         total, bt, center = pair_loss(chosen, rejected, part, cfg)
-        loss = total * (len(part) / n_pairs)  # mean over the micro-batch -> its share of the step's mean
+        loss = total * (len(part) / n_pairs) * weight  # the micro-batch's share of the step's mean
         if not torch.isfinite(loss):
             opt.zero_grad(set_to_none=True)
             raise FloatingPointError(f"loss is {loss.item()}")
         loss.backward()
+        if not weight:  # a lock-step pass of a sharded model: nothing of it is counted
+            continue
         w = len(part) / n_pairs
         sums["loss"] += loss.item()
         sums["bt_loss"] += bt.item() * w
@@ -179,7 +180,7 @@ def train_step(model, opt, tokenizer, fmt: str, rows: list[PreferenceRow], cfg: 
     distributed.all_reduce_gradients(model)
     reduced = distributed.all_reduce_floats([*sums.values(), n_full])
     sums, n_full = dict(zip(sums, reduced[:-1])), int(reduced[-1])
-    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+    norm = distributed.clip_grad_norm(model, cfg.max_grad_norm)
     if not torch.isfinite(norm):
         opt.zero_grad(set_to_none=True)
         raise FloatingPointError(f"non-finite gradient norm {norm.item()}")
@@ -199,12 +200,14 @@ def evaluate(model, tokenizer, fmt: str, rows: list[PreferenceRow], cfg: RMConfi
     model.eval()
     chosen_all, rejected_all, bt_sum = [torch.zeros(0)], [torch.zeros(0)], 0.0
     mine = distributed.my_items(rows)  # each process scores every N-th pair; results gathered in order
-    for s in range(0, len(mine), cfg.eval_batch_size):
-        part = mine[s:s + cfg.eval_batch_size]
+    for part, weight in distributed.lockstep_chunks(mine, cfg.eval_batch_size, rows[0] if rows else None, model):
         chosen, rejected, _ = pair_rewards(model, tokenizer, fmt, part, cfg.max_length, device, amp)
+        if not weight:
+            continue
         bt_sum += pair_loss(chosen, rejected, part, cfg)[1].item() * len(part)
         chosen_all.append(chosen.float().cpu())
         rejected_all.append(rejected.float().cpu())
+    distributed.reshard(model)
     bt_sum = distributed.all_reduce_floats([bt_sum])[0]
     stats = ops.pairwise_stats(distributed.gather_items(torch.cat(chosen_all), len(rows)),
                                distributed.gather_items(torch.cat(rejected_all), len(rows)))
@@ -219,19 +222,22 @@ def chosen_rewards(model, tokenizer, fmt: str, rows: list[PreferenceRow], cfg: R
     model.eval()
     out = [torch.zeros(0)]
     mine = distributed.my_items(rows)
-    for s in range(0, len(mine), cfg.eval_batch_size):
-        part = mine[s:s + cfg.eval_batch_size]
-        out.append(rewards_of(model, tokenizer, fmt, [x.prompt for x in part], [x.chosen for x in part],
-                              cfg.max_length, device, amp)[0].float().cpu())
+    for part, weight in distributed.lockstep_chunks(mine, cfg.eval_batch_size, rows[0] if rows else None, model):
+        r = rewards_of(model, tokenizer, fmt, [x.prompt for x in part], [x.chosen for x in part], cfg.max_length,
+                       device, amp)[0].float().cpu()
+        if weight:
+            out.append(r)
+    distributed.reshard(model)
     return distributed.gather_items(torch.cat(out), len(rows))
 
 
 def save_reward_model(model, tokenizer, folder: Path, bias: float) -> None:
     """The final RM in Hugging Face format with its tokenizer and `rlaif_reward_bias`, written atomically."""
     model.config.rlaif_reward_bias = bias
+    state = distributed.full_model_state(model)  # a sharded model's weights, gathered
     if distributed.is_main():
         with atomic_dir(folder) as tmp:
-            model.save_pretrained(tmp)
+            distributed.save_pretrained(model, tmp, state)
             tokenizer.save_pretrained(tmp)
     distributed.barrier()
 
@@ -248,7 +254,7 @@ def train(run: RunConfig, cfg: RMConfig, resolved_config: dict | None = None, da
     cfg.validate()
     data = data if data is not None else read_data(cfg, run.seed)  # bad input fails before any output
     tokenizer = load_tokenizer(cfg.model, padding_side="right")  # as ModelReward loads it
-    out, device = setup_run(run, data_parallel=True)
+    out, device = setup_run(run, data_parallel=True, fsdp=True)
     seed_everything(run.seed)
     amp = autocast_for(device, run.precision)
     batch = cfg.micro_batch_size * cfg.gradient_accumulation_steps
@@ -269,6 +275,8 @@ def train(run: RunConfig, cfg: RMConfig, resolved_config: dict | None = None, da
         model.gradient_checkpointing_enable()
         if fmt == "chat":
             model.config.use_cache = False
+    if run.fsdp:
+        distributed.shard_model(model)  # weights, gradients and moments: 1/N per process
     opt = distributed.make_adamw(model.parameters(), shard_state=run.shard_optimizer, lr=cfg.learning_rate,
                                  weight_decay=cfg.weight_decay)
     metrics = MetricsLogger(out, run.report_to, resolved_config, step_key="step")

@@ -132,7 +132,7 @@ def train_step(model, opt, examples: list[Encoded], cfg: SFTConfig, pad_id: int,
     n_tokens = sum(e.n_trained for e in examples)  # answer tokens of the whole optimizer step
     mine = distributed.my_items(examples)
     total = 0.0
-    for chunk, weight in lockstep_chunks(mine, cfg.micro_batch_size, examples[0], distributed.is_sharded(model)):
+    for chunk, weight in distributed.lockstep_chunks(mine, cfg.micro_batch_size, examples[0] if examples else None, model):
         batch = {k: v.to(device) for k, v in collate(chunk, pad_id).items()}
         with amp():
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
@@ -158,24 +158,13 @@ def train_step(model, opt, examples: list[Encoded], cfg: SFTConfig, pad_id: int,
             "trained_state_gib": distributed.trained_state_gib(model, opt)}
 
 
-def lockstep_chunks(mine: list, size: int, filler, sharded: bool) -> list[tuple[list, float]]:
-    """This process's rows in chunks of `size`, each with its loss weight 1.0. A sharded model's processes
-    must run the same number of forward/backward passes (each pass gathers weights from all of them): a
-    process with fewer chunks than the busiest adds passes over `filler` with weight 0.0."""
-    chunks = [(mine[s:s + size], 1.0) for s in range(0, len(mine), size)]
-    if sharded:
-        most = int(distributed.all_reduce_floats([float(len(chunks))], op="max")[0])
-        chunks += [([filler], 0.0)] * (most - len(chunks))
-    return chunks
-
-
 @torch.no_grad()
 def evaluate(model, examples: list[Encoded], batch_size: int, pad_id: int, device, amp) -> dict[str, float]:
     """Step 5: answer-token mean cross-entropy over the held-out rows (token-weighted across batches)."""
     model.eval()
     total, count = 0.0, 0.0
     mine = distributed.my_items(examples)  # each process scores every N-th row; the sums are reduced
-    for chunk, weight in lockstep_chunks(mine, batch_size, examples[0], distributed.is_sharded(model)):
+    for chunk, weight in distributed.lockstep_chunks(mine, batch_size, examples[0] if examples else None, model):
         batch = {k: v.to(device) for k, v in collate(chunk, pad_id).items()}
         with amp():
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
