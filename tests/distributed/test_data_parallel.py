@@ -1,6 +1,7 @@
-"""Data parallel for real: `accelerate launch --multi_gpu --num_processes 2` starts two CPU processes (gloo) on a
-tiny random model (accelerate's `--cpu` flag alone starts one process unless MPI is set up; on a machine without
-GPUs `--multi_gpu` is its torchrun launcher and our code picks gloo and the CPU).
+"""Data parallel for real: `accelerate launch --config_file configs/accelerate/multi-gpu.yaml --num_processes 2`
+(the shipped launch config: MULTI_GPU, which on a machine without GPUs is accelerate's torchrun launcher; our
+code picks gloo and the CPU) starts two CPU processes on a tiny random model. accelerate's `--cpu` flag alone
+starts one process unless MPI is set up.
 
 - The PPO step (scoring, global whitening, critic and policy updates) in 2 processes equals the step in 1
   process on the same global batch, and the processes' parameters are identical after every iteration.
@@ -8,8 +9,9 @@ GPUs `--multi_gpu` is its torchrun launcher and our code picks gloo and the CPU)
   (same logged losses, accuracies and held-out figures).
 - `rlaif ppo` and `rlaif grpo` through the CLI in 2 processes: one metrics row per iteration counting every
   process's tokens, one checkpoint holding both processes' RNG streams, and a rerun resumes from it.
-- A batch that does not split, or a stage that does not shard its work, stops both processes with the config
-  key named (each exits 2; the launcher reports the failure as its own exit 1).
+- Sharding: `run.shard_optimizer` (ZeRO-1) and `run.fsdp` (FSDP2) runs equal their 1-process runs and resume.
+- A batch that does not split, a stage that does not shard its work, or an accelerate FSDP launch (which rlaif
+  would otherwise ignore) stops both processes with the key named (each exits 2; the launcher exits 1).
 """
 
 from __future__ import annotations
@@ -28,19 +30,22 @@ from rlaif.metrics import read_metrics
 
 HERE = Path(__file__).resolve().parent
 REWARD = HERE.parent / "stages" / "rewards_for_tests.py"
-ACCELERATE = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2",
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+ACCELERATE_CONFIG = HERE.parents[1] / "configs" / "accelerate" / "multi-gpu.yaml"  # the shipped launch config
 
 
 def launch(args: list[str], processes: int, tmp_path: Path, timeout: float = 300,
-           mode: str = "--multi_gpu") -> subprocess.CompletedProcess:
-    """`accelerate launch <mode>` of `args` in `processes` processes (1: plain python, no launcher)."""
+           mode: str | None = None) -> subprocess.CompletedProcess:
+    """`accelerate launch --config_file configs/accelerate/multi-gpu.yaml` of `args` in `processes` processes
+    (1: plain python, no launcher); `mode`: a launcher flag (e.g. --use_fsdp) instead of the config file."""
     port = str(29500 + (os.getpid() % 2000))  # one rendezvous port per test session
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "MASTER_PORT": port}
     if processes == 1:
         cmd = [sys.executable, *args]
     else:
-        cmd = [*ACCELERATE, mode, "--main_process_port", port, *args]
+        how = ["--config_file", str(ACCELERATE_CONFIG)] if mode is None else [mode, "--num_machines", "1",
+                                                                              "--mixed_precision", "no"]
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", *how, "--num_processes", str(processes),
+               "--main_process_port", port, *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=tmp_path)
 
 
