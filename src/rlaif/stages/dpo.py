@@ -36,7 +36,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import distributed, ops
-from ..checkpoint import atomic_dir, find_resume_checkpoint, load_json, save_checkpoint, save_json, torch_load
+from ..checkpoint import find_resume_checkpoint, load_json, save_checkpoint, save_json, torch_load
 from ..config import ConfigError, check_training_fields, field
 from ..data.preferences import PreferenceRow, load_preference_split
 from ..data.sft import Encoded, SFTRow, collate, encode_row, end_of_turn_ids
@@ -44,7 +44,7 @@ from ..finite import check_finite_weights
 from ..metrics import MetricsLogger, read_metrics
 from ..models.loading import disable_dropout, load_causal_lm, load_tokenizer
 from ..runtime import RunConfig, autocast_for, seed_everything, setup_run
-from .sft import BatchStream, restore_trainer_state, save_step_checkpoint
+from .sft import BatchStream, restore_trainer_state, save_model, save_step_checkpoint
 
 log = logging.getLogger("rlaif.dpo")
 
@@ -406,12 +406,7 @@ def train(run: RunConfig, cfg: DPOConfig, resolved_config: dict | None = None, d
     metrics.close()
 
     final = out / "policy"
-    state = distributed.full_model_state(model)  # a sharded model's weights, gathered
-    if distributed.is_main():
-        with atomic_dir(final) as tmp:
-            distributed.save_pretrained(model, tmp, state)
-            tokenizer.save_pretrained(tmp)
-    distributed.barrier()
+    save_model(model, tokenizer, final)
     if pairs["eval"] and last_eval is None:  # a rerun of a finished run
         last_eval = evaluate(model, pairs["eval"], ref_eval, cfg, pad_id, device, amp)
     if not distributed.is_main():

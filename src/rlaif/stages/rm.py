@@ -31,7 +31,6 @@ from tqdm.auto import tqdm
 
 from .. import distributed, ops
 from ..checkpoint import (
-    atomic_dir,
     find_resume_checkpoint,
     load_json,
     save_checkpoint,
@@ -44,7 +43,7 @@ from ..metrics import MetricsLogger
 from ..models.loading import disable_dropout, is_decoder_only, load_sequence_classifier, load_tokenizer
 from ..rewards.sources import encode_reward_inputs
 from ..runtime import RunConfig, autocast_for, seed_everything, setup_run
-from .sft import BatchStream, restore_trainer_state, save_step_checkpoint
+from .sft import BatchStream, restore_trainer_state, save_model, save_step_checkpoint
 
 log = logging.getLogger("rlaif.rm")
 
@@ -234,12 +233,7 @@ def chosen_rewards(model, tokenizer, fmt: str, rows: list[PreferenceRow], cfg: R
 def save_reward_model(model, tokenizer, folder: Path, bias: float) -> None:
     """The final RM in Hugging Face format with its tokenizer and `rlaif_reward_bias`, written atomically."""
     model.config.rlaif_reward_bias = bias
-    state = distributed.full_model_state(model)  # a sharded model's weights, gathered
-    if distributed.is_main():
-        with atomic_dir(folder) as tmp:
-            distributed.save_pretrained(model, tmp, state)
-            tokenizer.save_pretrained(tmp)
-    distributed.barrier()
+    save_model(model, tokenizer, folder)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -21,7 +21,15 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import distributed, ops
-from ..checkpoint import find_resume_checkpoint, load_json, save_checkpoint, save_json, torch_load, torch_save
+from ..checkpoint import (
+    atomic_dir,
+    find_resume_checkpoint,
+    load_json,
+    save_checkpoint,
+    save_json,
+    torch_load,
+    torch_save,
+)
 from ..config import ConfigError, check_training_fields, field
 from ..data.jsonl import DataError
 from ..data.sft import Encoded, collate, encode_rows, load_sft_rows, split_eval
@@ -178,11 +186,13 @@ def evaluate(model, examples: list[Encoded], batch_size: int, pad_id: int, devic
 
 
 def save_model(model, tokenizer, folder: Path) -> None:
-    """Written by the main process while the others wait (a sharded model's weights gathered first)."""
+    """The final model with its tokenizer (Hugging Face format), written atomically by the main process while
+    the others wait (a sharded model's weights gathered first). sft, rm and dpo."""
     state = distributed.full_model_state(model)
     if distributed.is_main():
-        distributed.save_pretrained(model, folder, state)
-        tokenizer.save_pretrained(folder)
+        with atomic_dir(folder) as tmp:
+            distributed.save_pretrained(model, tmp, state)
+            tokenizer.save_pretrained(tmp)
     distributed.barrier()
 
 
