@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from ..checkpoint import atomic_dir
+from .attention import use_fp32_cpu_attention
 
 log = logging.getLogger(__name__)
 
@@ -192,11 +193,13 @@ def load_tokenizer(arg: str, padding_side: str = "left"):
 
 
 def load_causal_lm(arg: str, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
-    """Policy / reference model in `dtype` (fp32 master weights; autocast handles bf16 on GPU)."""
+    """Policy / reference model in `dtype` (fp32 master weights; autocast handles bf16). SDPA models run their
+    attention in fp32 on the CPU under autocast (`models.attention`)."""
     from transformers import AutoModelForCausalLM
 
     path = resolve_model(arg)
     model = _from_pretrained(AutoModelForCausalLM, path, arg, dtype=dtype)
+    use_fp32_cpu_attention(model)
     return model.to(device)
 
 
@@ -207,6 +210,7 @@ def load_sequence_classifier(
 
     A causal-LM checkpoint (e.g. the policy) gets a freshly initialised scalar head; an existing
     reward model keeps its head. Decoder heads read the last non-pad token, so the pad id is set.
+    SDPA models run their attention in fp32 on the CPU under autocast (`models.attention`).
     """
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
@@ -221,6 +225,7 @@ def load_sequence_classifier(
     model = _from_pretrained(
         AutoModelForSequenceClassification, path, arg, config=config, dtype=dtype, ignore_mismatched_sizes=True
     )
+    use_fp32_cpu_attention(model)
     return model.to(device)
 
 
