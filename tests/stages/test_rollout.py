@@ -256,3 +256,24 @@ def test_scores_taken_while_sampling_equal_a_scoring_pass(eos_model_dir, prompts
     plain, _ = sample_responses(model, tok, rows[:2], max_new_tokens=4, temperature=0.7)
     assert plain.logprobs is None and plain.values is None  # off by default
     assert not model.get_output_embeddings()._forward_hooks  # the hooks are gone after sampling
+
+
+def test_sampling_draws_from_softmax_over_temperature_and_respects_min_new_tokens(eos_model_dir):
+    """generate + DrawByInverseCdf: over 1,200 answers to one prompt, the share whose first token is EOS is
+    within 5 standard errors of the model's p(EOS) at temperature 0.7 (about 0.16 for this tiny model);
+    with min_new_tokens=1 (the default) no answer ends at its first token."""
+    tok = load_tokenizer(eos_model_dir, padding_side="left")
+    model = load_causal_lm(eos_model_dir).eval()
+    rows = [SHORT] * 1200
+    enc = encode_prompts(tok, [SHORT], 512)
+    with torch.no_grad():
+        first = model(input_ids=enc.ids, attention_mask=enc.mask).logits[0, -1]
+    p_eos = float(torch.softmax(first.double() / 0.7, dim=-1)[tok.eos_token_id])
+    assert 0.05 < p_eos < 0.5
+    torch.manual_seed(0)
+    free, _ = sample_responses(model, tok, rows, max_new_tokens=1, min_new_tokens=0, temperature=0.7,
+                               batch_size=300)
+    share = float(free.ended_with_eos.double().mean())
+    assert abs(share - p_eos) <= 5 * (p_eos * (1 - p_eos) / len(rows)) ** 0.5, (share, p_eos)
+    held, _ = sample_responses(model, tok, rows[:300], max_new_tokens=2, temperature=0.7, batch_size=300)
+    assert not (held.response_ids[:, 0] == tok.eos_token_id).any()

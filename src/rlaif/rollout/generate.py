@@ -10,8 +10,10 @@ import contextlib
 from dataclasses import dataclass
 
 import torch
+from transformers import LogitsProcessor, LogitsProcessorList
 
 from ..data.prompts import PromptRow
+from ..ops.sampling import sample_tokens
 
 
 @dataclass
@@ -174,6 +176,34 @@ class ScoresWhileSampling:
         return lp, (torch.stack(self.values, dim=1) if self.head is not None else None)
 
 
+class DrawByInverseCdf(LogitsProcessor):
+    """Draws the next token itself, from softmax(scores / temperature) with `ops.sample_tokens` (one uniform per
+    row, where `generate`'s `torch.multinomial` draws b x vocab exponentials), and returns scores that are 0 at
+    the drawn token and -inf elsewhere, so `generate(do_sample=False)`'s argmax picks the draw.
+
+    It runs after `generate`'s own processors (min_new_tokens' EOS ban included), as its sampling would.
+    Shapes: input_ids (b, t), scores (b, v) -> (b, v).
+    """
+
+    def __init__(self, temperature: float):
+        self.temperature = temperature
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        drawn = sample_tokens(scores, self.temperature)
+        return torch.full_like(scores, float("-inf")).scatter_(1, drawn.unsqueeze(1), 0.0)
+
+
+def sampling_kwargs(temperature: float, top_p: float) -> dict:
+    """`generate` keyword arguments for pure sampling (temperature > 0, no top-p: `DrawByInverseCdf`), nucleus
+    sampling (`generate`'s own, top_k off) or greedy decoding (temperature 0)."""
+    if temperature <= 0:
+        return {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+    if top_p >= 1.0:
+        return {"do_sample": False, "temperature": None, "top_p": None, "top_k": None,
+                "logits_processor": LogitsProcessorList([DrawByInverseCdf(temperature)])}
+    return {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
+
+
 @torch.no_grad()
 def sample_responses(
     model,
@@ -218,10 +248,7 @@ def sample_responses(
                 attention_mask=mask,
                 max_new_tokens=max_new_tokens,
                 min_new_tokens=min_new_tokens,
-                do_sample=temperature > 0,
-                temperature=temperature if temperature > 0 else None,
-                top_p=top_p if temperature > 0 else None,
-                top_k=0 if temperature > 0 else None,
+                **sampling_kwargs(temperature, top_p),
                 pad_token_id=pad,
                 eos_token_id=eos,
                 use_cache=True,
