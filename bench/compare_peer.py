@@ -17,6 +17,11 @@ peer takes its old log-probs) -- then one JSON line of ratios per rlaif variant 
 tokens/s at no more peak memory) is met. Figures are whatever this run measures; run on an idle machine.
 
     .venv/bin/python bench/compare_peer.py [--iterations 4] [--threads 2] [--precision fp32|bf16]
+        [--variants separate,shared,shared-sampling] [--rounds 1] [--peer-first]
+
+`--rounds R` runs everything R times with the peer's place alternating (last, first, ... or first, last, ...
+with `--peer-first`), prints each round's ratios and, at the end, each variant's ratios with their minimum
+and median: a machine's drift and an order effect (a warm page cache, the CPU's clock) show up there.
 
 First use creates bench/.venv-trl (python -m venv; torch==2.13.0 first, then trl/transformers/accelerate/
 datasets pinned so torch stays the CPU build; ~1.5 GB); a stamp file makes later runs skip it. Each system's
@@ -40,6 +45,12 @@ OUT = BENCH / "out" / "peer-compare"
 PINS = ["torch==2.13.0", "trl==1.12.0", "transformers==5.23.0", "accelerate==1.15.0", "datasets==5.2.0"]
 RM_SEED = 1234
 BATCH = 8  # rollouts per iteration in both workloads
+VARIANTS = {  # key: (system name, extra rlaif overrides)
+    "separate": ("rlaif (separate critic, the default)", []),
+    "shared": ("rlaif ppo.critic=shared", ["ppo.critic=shared"]),
+    "shared-sampling": ("rlaif ppo.critic=shared ppo.old_logprobs=sampling",
+                        ["ppo.critic=shared", "ppo.old_logprobs=sampling"]),
+}
 
 
 def ensure_venv() -> Path:
@@ -136,7 +147,14 @@ def main() -> None:
     ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                     help="both systems: fp32, or bf16 autocast with fp32 master weights (rlaif run.precision=bf16, "
                          "TRL bf16=True); bf16 pays only on a CPU with native bf16 (AVX512-BF16 or AMX)")
+    ap.add_argument("--variants", default=",".join(VARIANTS),
+                    help=f"comma-separated rlaif variants, of: {', '.join(VARIANTS)}")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="run everything this many times, the peer's place (first / last) alternating")
+    ap.add_argument("--peer-first", action="store_true", help="the peer runs first in round 1")
     a = ap.parse_args()
+    if unknown := set(a.variants.split(",")) - set(VARIANTS):
+        ap.error(f"--variants: unknown {sorted(unknown)}; choose from {', '.join(VARIANTS)}")
 
     from rlaif.cli import quiet_libraries
     from rlaif.models.loading import resolve_model
@@ -150,14 +168,12 @@ def main() -> None:
     prompts = prepare_prompts(a.iterations)
     common = ["--iterations", str(a.iterations), "--threads", str(a.threads), "--precision", a.precision]
 
-    load = os.getloadavg()
-    print(json.dumps({"loadavg_before": [round(x, 2) for x in load], "cpus": os.cpu_count(),
+    print(json.dumps({"loadavg_before": [round(x, 2) for x in os.getloadavg()], "cpus": os.cpu_count(),
                       "cpu_native_bf16": cpu_has_native_bf16()}), flush=True)
-    variants = {"rlaif (separate critic, the default)": [], "rlaif ppo.critic=shared": ["ppo.critic=shared"],
-                "rlaif ppo.critic=shared ppo.old_logprobs=sampling": ["ppo.critic=shared",
-                                                                     "ppo.old_logprobs=sampling"]}
-    ours_rows = {}
-    for name, extra in variants.items():
+    chosen = {k: VARIANTS[k] for k in a.variants.split(",")}
+
+    def ours(key: str) -> dict[str, Any]:
+        name, extra = chosen[key]
         row = run_system("rlaif", [
             sys.executable, str(BENCH / "ppo_throughput.py"), *common,
             "ppo.reward.function=null", f"ppo.reward.model=[{rm}]", "ppo.missing_eos=keep", *extra,
@@ -165,30 +181,48 @@ def main() -> None:
         row["system"] = name
         row["reward_note"] = ("the shared RM; rlaif decodes each answer and scores the question/answer chat "
                               "transcript, re-tokenized, at its last token")
-        print(json.dumps(row), flush=True)
-        ours_rows[name] = row
-    peer = run_system("trl", [
-        str(peer_py), str(BENCH / "peer_trl_ppo.py"), *common,
-        "--model", policy_dir, "--reward-model", str(rm), "--prompts", str(prompts),
-    ])
-    print(json.dumps(peer), flush=True)
+        return row
 
-    for ours in ours_rows.values():
-        tokens_ratio = ours["tokens_per_s"] / peer["tokens_per_s"]
-        memory_ratio = ours["peak_rss_gib"] / peer["peak_rss_gib"]
-        print(json.dumps({
-            "comparison": f"{ours['system']} vs {peer['system']}",
-            "iterations": a.iterations,
-            "threads": a.threads,
-            "precision": a.precision,
-            "tokens_per_s_ours_over_peer": tokens_ratio,
-            "s_per_iteration_peer_over_ours": peer["s_per_iteration"] / ours["s_per_iteration"],
-            "s_per_iteration_steady_peer_over_ours": peer["s_per_iteration_steady"] / ours["s_per_iteration_steady"],
-            "peak_rss_ours_over_peer": memory_ratio,
-            "goal": "ours >= 2x the peer's tokens/s at no more peak memory",
-            "goal_met": tokens_ratio >= 2.0 and memory_ratio <= 1.0,
-            "loadavg_after": round(os.getloadavg()[0], 2),
-        }), flush=True)
+    def peer() -> dict[str, Any]:
+        return run_system("trl", [
+            str(peer_py), str(BENCH / "peer_trl_ppo.py"), *common,
+            "--model", policy_dir, "--reward-model", str(rm), "--prompts", str(prompts),
+        ])
+
+    ratios: dict[str, list[float]] = {k: [] for k in chosen}
+    for rnd in range(1, a.rounds + 1):
+        peer_first = (rnd % 2 == 0) != a.peer_first  # alternate the order from round to round
+        rows: dict[str, dict[str, Any]] = {}
+        order = ["peer", *chosen] if peer_first else [*chosen, "peer"]
+        for key in order:
+            row = peer() if key == "peer" else ours(key)
+            row["round"] = rnd
+            print(json.dumps(row), flush=True)
+            rows[key] = row
+        p = rows.pop("peer")
+        for key, row in rows.items():
+            tokens_ratio = row["tokens_per_s"] / p["tokens_per_s"]
+            memory_ratio = row["peak_rss_gib"] / p["peak_rss_gib"]
+            ratios[key].append(tokens_ratio)
+            print(json.dumps({
+                "comparison": f"{row['system']} vs {p['system']}",
+                "round": rnd,
+                "order": "peer first" if peer_first else "peer last",
+                "iterations": a.iterations,
+                "threads": a.threads,
+                "precision": a.precision,
+                "tokens_per_s_ours_over_peer": tokens_ratio,
+                "s_per_iteration_peer_over_ours": p["s_per_iteration"] / row["s_per_iteration"],
+                "s_per_iteration_steady_peer_over_ours": p["s_per_iteration_steady"] / row["s_per_iteration_steady"],
+                "peak_rss_ours_over_peer": memory_ratio,
+                "goal": "ours >= 2x the peer's tokens/s at no more peak memory",
+                "goal_met": tokens_ratio >= 2.0 and memory_ratio <= 1.0,
+                "loadavg_after": round(os.getloadavg()[0], 2),
+            }), flush=True)
+    if a.rounds > 1:
+        for key, rs in ratios.items():
+            print(json.dumps({"summary": chosen[key][0], "rounds": a.rounds, "tokens_per_s_ratios": rs,
+                              "min": min(rs), "median": sorted(rs)[len(rs) // 2]}), flush=True)
 
 
 if __name__ == "__main__":
