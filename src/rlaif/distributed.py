@@ -12,6 +12,7 @@ beyond torch.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import logging
 import os
@@ -184,13 +185,16 @@ def gather_items(t: torch.Tensor, n: int) -> torch.Tensor:
 
 def broadcast_parameters(model: torch.nn.Module) -> None:
     """Copy rank 0's trainable parameters (and buffers) to every process: replicas start identical even when an
-    initialisation drew random numbers (LoRA's A matrices)."""
+    initialisation drew random numbers (LoRA's A matrices). FSDP-sharded parameters are skipped (each process
+    holds its own part of the same loaded weights)."""
     if not _WORLD.enabled:
         return
     dist = _dist()
     dev = _comm_device()
     with torch.no_grad():
         for t in [*model.parameters(), *model.buffers()]:
+            if _is_dtensor(t):
+                continue
             buf = t.data.to(dev)
             dist.broadcast(buf, src=0)
             if buf.data_ptr() != t.data.data_ptr():
@@ -199,12 +203,12 @@ def broadcast_parameters(model: torch.nn.Module) -> None:
 
 def all_reduce_gradients(model: torch.nn.Module) -> None:
     """Sum every trainable parameter's gradient over processes (missing gradients count as zeros, so every
-    process reduces the same buffers). One flat buffer per dtype. A sharded model's gradients are already
-    summed (reduce-scattered in its backward pass)."""
-    if not _WORLD.enabled or is_sharded(model):
+    process reduces the same buffers). One flat buffer per dtype. Parameters sharded by FSDP are skipped: their
+    gradients are already summed (reduce-scattered in the backward pass)."""
+    if not _WORLD.enabled:
         return
     dist = _dist()
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = [p for p in model.parameters() if p.requires_grad and not _is_dtensor(p)]
     by_dtype: dict[torch.dtype, list[torch.nn.Parameter]] = {}
     for p in params:
         by_dtype.setdefault(p.dtype, []).append(p)
@@ -249,12 +253,40 @@ def shard_model(model: torch.nn.Module) -> bool:
     return True
 
 
+def _is_dtensor(t: torch.Tensor) -> bool:
+    return hasattr(t, "to_local") and hasattr(t, "device_mesh")
+
+
 def is_sharded(model: torch.nn.Module | None) -> bool:
+    """Whether `model` holds FSDP-sharded parameters (itself sharded, or containing a sharded module, as the
+    policy + shared value head pair does)."""
     if model is None or not _WORLD.enabled:
         return False
+    return any(_is_dtensor(p) for p in model.parameters())
+
+
+@contextlib.contextmanager
+def gathered_for_generation(model: torch.nn.Module):
+    """Inside the block every process holds the whole of a sharded `model` (each unit all-gathered once on
+    entry, freed on exit) and its forward passes communicate nothing. For `generate`: processes run different
+    numbers of forward passes (their answers end at different steps), so per-pass gathers would deadlock.
+    The price is the full model in each process's memory while sampling, as ZeRO-3 generation has. A model
+    that is not sharded: nothing happens."""
+    if not is_sharded(model):
+        yield
+        return
     from torch.distributed.fsdp import FSDPModule
 
-    return isinstance(model, FSDPModule)
+    units = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    for u in units:
+        u.unshard()
+        u.set_reshard_after_forward(False, recurse=False)
+    try:
+        yield
+    finally:
+        for u in units:
+            u.set_reshard_after_forward(u is not model, recurse=False)  # fully_shard's default: root False
+        reshard(model)
 
 
 def reshard(model: torch.nn.Module) -> None:
@@ -292,11 +324,14 @@ def full_model_state(model: torch.nn.Module) -> dict | None:
 
 
 def save_pretrained(model, folder, state: dict | None) -> None:
-    """`model.save_pretrained(folder)`, from `state` (full_model_state) when the model is sharded."""
+    """`model.save_pretrained(folder)`, from `state` (full_model_state) when the model is sharded. A tied
+    weight is written once, under its first name, as `save_pretrained` writes an unsharded model."""
     if state is None:
         model.save_pretrained(folder)
-    else:
-        model.save_pretrained(folder, state_dict=state)
+        return
+    first: dict[int, str] = {}
+    tied = {n for n, p in model.named_parameters(remove_duplicate=False) if first.setdefault(id(p), n) != n}
+    model.save_pretrained(folder, state_dict={k: v for k, v in state.items() if k not in tied})
 
 
 def trained_state_gib(model: torch.nn.Module, opt: torch.optim.Optimizer) -> float:
@@ -326,9 +361,23 @@ def lockstep_chunks(mine: list, size: int, filler, model: torch.nn.Module) -> li
 
 
 def clip_grad_norm(model: torch.nn.Module, max_norm: float) -> torch.Tensor:
-    """`clip_grad_norm_` over the trainable parameters; the total norm as a plain tensor, sharded or not."""
-    norm = torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], max_norm)
-    return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+    """`clip_grad_norm_` over the trainable parameters; the total norm as a plain tensor. Sharded (DTensor) and
+    plain parameters may be mixed (a sharded policy + its replicated value head): the norm is taken over both."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    sharded = [p for p in params if _is_dtensor(p)]
+    if not sharded or len(sharded) == len(params):
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+    grads = [[p.grad for p in group if p.grad is not None] for group in (sharded, [p for p in params
+                                                                                 if not _is_dtensor(p)])]
+    norms = [torch.nn.utils.get_total_norm(g) if g else torch.zeros(()) for g in grads]
+    norms = [n.full_tensor() if hasattr(n, "full_tensor") else n for n in norms]
+    total = torch.linalg.vector_norm(torch.stack([n.float().cpu() for n in norms]))
+    coef = min(1.0, max_norm / (float(total) + 1e-6))
+    if coef < 1.0:
+        for g in grads[0] + grads[1]:
+            g.mul_(coef)
+    return total
 
 
 def make_adamw(params, *, shard_state: bool = False, **kwargs) -> torch.optim.Optimizer:
@@ -375,18 +424,19 @@ def load_optimizer_state(opt: torch.optim.Optimizer, state: dict, model: torch.n
 
 
 def parameter_fingerprint(model: torch.nn.Module) -> torch.Tensor:
-    """(n_trainable, 3) float64: per trainable parameter its sum, L2 norm and first element (no copies)."""
+    """(n_trainable, 3) float64: per trainable parameter its sum, L2 norm and first element (no copies).
+    FSDP-sharded parameters are left out: each process holds a different part of them by design."""
     with torch.no_grad():
         rows = [torch.stack([p.sum(dtype=torch.float64), torch.linalg.vector_norm(p, dtype=torch.float64),
                              p.reshape(-1)[0].double()])
-                for p in model.parameters() if p.requires_grad]
+                for p in model.parameters() if p.requires_grad and not _is_dtensor(p)]
     return torch.stack(rows).cpu() if rows else torch.zeros(0, 3, dtype=torch.float64)
 
 
 def check_replicas(model: torch.nn.Module, what: str) -> None:
-    """Raise when the processes' copies of `model` differ (they must be bit-identical after each step). A
-    sharded model has no copies to compare."""
-    if not _WORLD.enabled or is_sharded(model):
+    """Raise when the processes' copies of `model` differ (they must be bit-identical after each step). Sharded
+    parameters have no copies to compare."""
+    if not _WORLD.enabled:
         return
     prints = all_gather_object(parameter_fingerprint(model))
     if any(not torch.equal(prints[0], p) for p in prints[1:]):

@@ -34,7 +34,8 @@ class RunConfig:
         "1/N of the parameters (same update; ignored with one process)")
     fsdp: bool = field(
         False, help="with N processes: shard the trained model's weights, gradients and AdamW moments over them "
-        "(torch FSDP2 fully_shard, ZeRO stage 3; rlaif sft, rm and dpo; ignored with one process)")
+        "(torch FSDP2 fully_shard, ZeRO stage 3; sft, rm, dpo, and the policy in ppo and grpo; ignored with one "
+        "process)")
     threads: int = field(0, help="torch CPU threads; 0 = leave torch's default")
     resume: str = field("auto", help="auto = continue from the latest complete checkpoint; never; or a path")
     keep_checkpoints: int = field(2, help="how many of the latest checkpoints to keep")
@@ -114,8 +115,8 @@ def setup_run(run: RunConfig, data_parallel: bool = False, fsdp: bool = False) -
     if run.fsdp and not fsdp:
         from .config import ConfigError
 
-        raise ConfigError("config key 'run.fsdp': only rlaif sft, rm and dpo shard their model so far; use "
-                          "run.shard_optimizer (ZeRO stage 1) for this stage")
+        raise ConfigError("config key 'run.fsdp': this stage trains no model; only rlaif sft, rm, dpo, ppo and "
+                          "grpo shard one")
     if not run.output_dir:
         from .config import ConfigError
 

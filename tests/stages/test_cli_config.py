@@ -266,10 +266,10 @@ def test_fresh_run_in_a_used_folder_does_not_duplicate_metrics(tmp_path, tiny_mo
 
 
 @pytest.mark.parametrize("args, key", [
-    (["ppo", "run.fsdp=true"], "run.fsdp"),  # only sft, rm and dpo shard their model so far
+    (["ppo", "run.fsdp=true", "ppo.lora.r=4"], "run.fsdp"),  # LoRA adapters are not sharded
     (["sft", "run.fsdp=true", "run.shard_optimizer=true"], "run.fsdp"),  # FSDP already shards the moments
 ])
-def test_fsdp_where_it_is_not_built_exits_2(capsys, tmp_path, tiny_model_dir, prompts_file, args, key):
+def test_fsdp_where_it_does_not_apply_exits_2(capsys, tmp_path, tiny_model_dir, prompts_file, args, key):
     extra = ([f"ppo.policy={tiny_model_dir}", f"ppo.prompts={prompts_file}",
               f"ppo.reward.function={REWARDS}:constant_one"] if args[0] == "ppo" else [f"sft.model={tiny_model_dir}"])
     assert cli_main([*args, f"run.output_dir={tmp_path / 'run'}", *extra]) == 2

@@ -34,8 +34,8 @@ def capture_models(monkeypatch) -> dict:
     seen: dict = {}
     original = ppo.build_models
 
-    def wrapper(cfg, device):
-        models = original(cfg, device)
+    def wrapper(cfg, device, *rest):
+        models = original(cfg, device, *rest)
         seen["models"] = models
         seen["policy0"] = {k: v.detach().clone() for k, v in models.policy.named_parameters()}
         seen["reference0"] = {k: v.detach().clone() for k, v in models.reference.state_dict().items()}
@@ -247,8 +247,8 @@ def test_ppo_with_a_shared_critic(tmp_path, tiny_model_dir, prompts_file, monkey
     seen: dict = {}
     original = ppo.build_models
 
-    def wrapper(cfg, device):
-        seen["models"] = original(cfg, device)
+    def wrapper(cfg, device, *rest):
+        seen["models"] = original(cfg, device, *rest)
         return seen["models"]
 
     monkeypatch.setattr(ppo, "build_models", wrapper)
@@ -351,8 +351,8 @@ def test_ppo_with_old_logprobs_taken_while_sampling(critic, tmp_path, tiny_model
     seen: dict = {}
     original_build = ppo.build_models
 
-    def build(cfg, device):
-        seen["models"] = original_build(cfg, device)
+    def build(cfg, device, *rest):
+        seen["models"] = original_build(cfg, device, *rest)
         seen["policy0"] = [p.detach().clone() for p in seen["models"].policy.parameters()]
         return seen["models"]
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
+from .. import distributed
 from ..data.prompts import PromptRow
 from ..ops.sampling import sample_tokens
 
@@ -225,7 +226,8 @@ def sample_responses(
 
     Returns the rollout (padded to a common width) and the number of prompts truncated from the left.
     `keep_logprobs`: the rollout also carries the sampled tokens' log-probs (and, given a shared `value_head`,
-    the values), taken while sampling (`ScoresWhileSampling`).
+    the values), taken while sampling (`ScoresWhileSampling`). An FSDP-sharded model is gathered whole for the
+    sampling (`distributed.gathered_for_generation`) and sharded again after.
     """
     eos = eos_token_ids(tokenizer, model)
     pad = tokenizer.pad_token_id
@@ -240,7 +242,7 @@ def sample_responses(
         ids, mask = ids[:, keep].to(device), mask[:, keep].to(device)
         ctx = autocast if autocast is not None else torch.autocast("cpu", enabled=False)
         scorer = ScoresWhileSampling(model, temperature, value_head) if keep_logprobs else None
-        with ctx, contextlib.ExitStack() as cleanup:
+        with ctx, distributed.gathered_for_generation(model), contextlib.ExitStack() as cleanup:
             if scorer is not None:
                 cleanup.callback(scorer.close)
             out = model.generate(

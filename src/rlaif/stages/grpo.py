@@ -40,6 +40,7 @@ from .ppo import (
     _load_checkpoint,
     apply_eos_policy,
     check_data_parallel,
+    check_fsdp,
     judge_reward_sources,
     load_policy_and_reference,
     save_iteration_checkpoint,
@@ -126,12 +127,14 @@ def train(run: RunConfig, cfg: GRPOConfig, resolved_config: dict | None = None) 
     if not cfg.reward.model and not cfg.reward.function and cfg.reward.judge_mode == "off":
         raise ConfigError("config key 'grpo.reward': set grpo.reward.model, grpo.reward.function or "
                           "grpo.reward.judge_mode")
-    out, device = setup_run(run, data_parallel=True)
+    out, device = setup_run(run, data_parallel=True, fsdp=True)
     check_data_parallel(cfg.prompts_per_iteration, cfg.gradient_accumulation_steps, "grpo", "prompts_per_iteration")
+    fsdp = check_fsdp(run, cfg.lora, "grpo")
     seed_everything(run.seed)
     amp = autocast_for(device, run.precision)
     prompts = load_prompts(cfg.prompts)
-    models = load_policy_and_reference(cfg.policy, cfg.reference, device, cfg.lora, cfg.gradient_checkpointing)
+    models = load_policy_and_reference(cfg.policy, cfg.reference, device, cfg.lora, cfg.gradient_checkpointing,
+                                       fsdp)
     start_replicas(models, run.seed)
     reward_fn = make_reward_source(
         cfg.reward.model, cfg.reward.function, device=device, batch_size=cfg.reward.batch_size,

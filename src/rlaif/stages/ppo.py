@@ -223,9 +223,10 @@ def check_reward_source(cfg: PPOConfig) -> None:
 
 
 def load_policy_and_reference(policy_arg: str, reference_arg: str | None, device, lora: LoraConfig | None = None,
-                              gradient_checkpointing: bool = False) -> Models:
+                              gradient_checkpointing: bool = False, fsdp: bool = False) -> Models:
     """The trainable policy and its frozen KL anchor (a second copy of the policy unless named); no critic.
-    With LoRA and no reference named, no copy is loaded: the anchor is the policy with its adapters disabled."""
+    With LoRA and no reference named, no copy is loaded: the anchor is the policy with its adapters disabled.
+    `fsdp`: the policy is sharded over the processes (`distributed.shard_model`); the reference stays whole."""
     tok = load_tokenizer(policy_arg, padding_side="left")
     policy = load_causal_lm(policy_arg, device=device)
     policy.config.pad_token_id = tok.pad_token_id
@@ -238,19 +239,34 @@ def load_policy_and_reference(policy_arg: str, reference_arg: str | None, device
         enable_gradient_checkpointing(policy)
     if use_lora:
         policy = apply_lora(policy, lora)
+    if fsdp:
+        distributed.shard_model(policy)
     return Models(policy, reference, None, tok)
 
 
-def build_models(cfg: PPOConfig, device: torch.device) -> Models:
+def check_fsdp(run: RunConfig, lora: LoraConfig, stage: str) -> bool:
+    """run.fsdp for ppo / grpo: the policy is sharded (not with LoRA adapters: those are small, and their
+    frozen base would be gathered for every pass)."""
+    if run.fsdp and lora.enabled:
+        raise ConfigError(f"config key 'run.fsdp': not with {stage}.lora (LoRA trains a small part of the "
+                          "model; use run.shard_optimizer or plain data parallel)")
+    return run.fsdp
+
+
+def build_models(cfg: PPOConfig, device: torch.device, fsdp: bool = False) -> Models:
+    """Policy, reference and critic. `fsdp`: the policy is sharded; a separate critic stays whole in every
+    process (its gradients are all-reduced, as in plain data parallel)."""
     if cfg.critic == "shared":
-        models = load_policy_and_reference(cfg.policy, cfg.reference, device, cfg.lora, cfg.gradient_checkpointing)
+        models = load_policy_and_reference(cfg.policy, cfg.reference, device, cfg.lora, cfg.gradient_checkpointing,
+                                           fsdp)
         head = torch.nn.Linear(models.policy.get_output_embeddings().in_features, 1).to(device)
         torch.nn.init.zeros_(head.weight)  # V = 0 at the start: the first advantages are reward-to-go
         torch.nn.init.zeros_(head.bias)
         models.value_head = head
         return models
     critic_src = check_critic_source(cfg)
-    models = load_policy_and_reference(cfg.policy, cfg.reference, device, cfg.lora, cfg.gradient_checkpointing)
+    models = load_policy_and_reference(cfg.policy, cfg.reference, device, cfg.lora, cfg.gradient_checkpointing,
+                                       fsdp)
     tok = models.tokenizer
     value = load_sequence_classifier(critic_src, device=device, pad_token_id=tok.pad_token_id)
     if _is_causal_lm_checkpoint(value.config):
@@ -369,6 +385,7 @@ def score_batch(models: Models, rollout: Rollout, cfg: PPOConfig, device, amp) -
             vals.append(v.cpu() if models.value_head is not None
                         else response_values(models.value, *args).float().cpu() if models.value is not None
                         else torch.zeros(args[2].shape, dtype=torch.float32))
+    distributed.reshard(models.policy)  # FSDP keeps the root's weights gathered after a forward without backward
     return torch.cat(lps), torch.cat(refs), torch.cat(vals)
 
 
@@ -409,11 +426,13 @@ def _trained(models: Models, opts) -> list[tuple[str, torch.nn.Module, torch.opt
     return [(name, m, o) for name, m, o in pairs if m is not None]
 
 
-def _write_checkpoint(folder: Path, models: Models, opts, opt_states: dict, kl_ctl, state: dict, rng: dict) -> None:
+def _write_checkpoint(folder: Path, models: Models, opts, opt_states: dict, model_states: dict, kl_ctl, state: dict,
+                      rng: dict) -> None:
     """Written by the main process; `rng` holds every process's RNG state (distributed.gather_rng_states),
-    `opt_states` every optimizer's whole state (distributed.optimizer_state)."""
+    `opt_states` every optimizer's whole state (distributed.optimizer_state), `model_states` a sharded model's
+    gathered weights (distributed.full_model_state; None for a whole model)."""
     for name, model, _ in _trained(models, opts):
-        model.save_pretrained(folder / name)
+        distributed.save_pretrained(model, folder / name, model_states[name])
     torch_save(opt_states, folder / "optimizers.pt")
     if models.value_head is not None:
         torch_save(models.value_head.state_dict(), folder / "value_head.pt")
@@ -427,15 +446,37 @@ def save_iteration_checkpoint(out: Path, iteration: int, models: Models, opts, k
     main process while the others wait. `save`: the calling stage's `save_checkpoint` (tests wrap it)."""
     state = {"iteration": iteration, "prompt_position": prompt_position}
     rng = distributed.gather_rng_states(rng_state())
-    opt_states = {name: distributed.optimizer_state(o) for name, _, o in _trained(models, opts)}
+    opt_states = {name: distributed.optimizer_state(o, _stepped(models, name))
+                  for name, _, o in _trained(models, opts)}
+    model_states = {name: distributed.full_model_state(m) for name, m, _ in _trained(models, opts)}
 
     def write(folder: Path) -> None:
-        _write_checkpoint(folder, models, opts, opt_states, kl_ctl, state, rng)
+        _write_checkpoint(folder, models, opts, opt_states, model_states, kl_ctl, state, rng)
         torch_save(shuffle_gen.get_state(), folder / "shuffle_rng.pt")
 
     if distributed.is_main():
         save(out, iteration, write, keep)
     distributed.barrier()
+
+
+def _stepped(models: Models, name: str) -> torch.nn.Module:
+    """The module whose parameters optimizer `name` steps (the policy with a shared value head, or the critic)."""
+    return models.trained_with_policy() if name == "policy" else models.value
+
+
+def _load_weights(model: torch.nn.Module, sd: dict, where: str) -> None:
+    """Load a whole state dict into `model`, sharded (each process keeps its part) or not."""
+    if distributed.is_sharded(model):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+        result = set_model_state_dict(model, sd, options=StateDictOptions(full_state_dict=True, strict=False))
+        missing, unexpected = result.missing_keys, result.unexpected_keys
+    else:
+        missing, unexpected = model.load_state_dict(sd, strict=False)
+    if unexpected or [k for k in missing if "lm_head" not in k]:
+        raise RuntimeError(f"checkpoint {where}: missing {missing}, unexpected {unexpected}")
+    if hasattr(model, "tie_weights") and not distributed.is_sharded(model):
+        model.tie_weights()
 
 
 def _load_checkpoint(folder: Path, models: Models, opts, kl_ctl, device) -> dict:
@@ -445,17 +486,13 @@ def _load_checkpoint(folder: Path, models: Models, opts, kl_ctl, device) -> dict
         if is_lora(model):  # the adapters are all that trains; the base weights are the loaded model's
             load_adapter_weights(model, folder / name, device)
             continue
-        sd = load_file(str(folder / name / "model.safetensors"), device=str(device))
-        missing, unexpected = model.load_state_dict(sd, strict=False)
-        if unexpected or [k for k in missing if "lm_head" not in k]:
-            raise RuntimeError(f"checkpoint {folder}/{name}: missing {missing}, unexpected {unexpected}")
-        if hasattr(model, "tie_weights"):
-            model.tie_weights()
+        _load_weights(model, load_file(str(folder / name / "model.safetensors"), device=str(device)),
+                      f"{folder}/{name}")
     if models.value_head is not None:
         models.value_head.load_state_dict(torch_load(folder / "value_head.pt"))
     optim = torch_load(folder / "optimizers.pt")
     for name, _, opt in _trained(models, opts):
-        opt.load_state_dict(optim[name])
+        distributed.load_optimizer_state(opt, optim[name], _stepped(models, name))
     state = load_json(folder / "trainer_state.json")
     kl_ctl.load_state_dict(state["kl_controller"])
     rng = distributed.my_rng_state(torch_load(folder / "rng.pt"))
@@ -469,8 +506,12 @@ def _load_checkpoint(folder: Path, models: Models, opts, kl_ctl, device) -> dict
 def save_policy(models: Models, folder: Path) -> None:
     """Plain HF folder (a LoRA policy merged; its adapter alone in `<folder>_adapter`) + tokenizer; written by
     the main process while the others wait."""
+    state = distributed.full_model_state(models.policy)  # a collective when sharded; None otherwise
     if distributed.is_main():
-        save_for_inference(models.policy, folder)
+        if state is None:
+            save_for_inference(models.policy, folder)
+        else:
+            distributed.save_pretrained(models.policy, folder, state)
         models.tokenizer.save_pretrained(folder)
     distributed.barrier()
 
@@ -520,13 +561,14 @@ def global_view(sc: Scored) -> Scored:
 def train(run: RunConfig, cfg: PPOConfig, resolved_config: dict | None = None) -> Path:
     """Run PPO; returns the folder of the final policy (Hugging Face format)."""
     check_reward_source(cfg)
-    out, device = setup_run(run, data_parallel=True)
+    out, device = setup_run(run, data_parallel=True, fsdp=True)
     check_data_parallel(cfg.batch_size // cfg.samples_per_prompt, cfg.gradient_accumulation_steps, "ppo",
                         "batch_size")
+    fsdp = check_fsdp(run, cfg.lora, "ppo")
     seed_everything(run.seed)
     amp = autocast_for(device, run.precision)
     prompts = load_prompts(cfg.prompts)  # bad input fails before minutes of model loading
-    models = build_models(cfg, device)
+    models = build_models(cfg, device, fsdp)
     start_replicas(models, run.seed)
     reward_fn = make_reward_source(
         cfg.reward.model, cfg.reward.function, device=device, batch_size=cfg.reward.batch_size,

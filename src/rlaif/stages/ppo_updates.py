@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 def _step(optimizer, model, max_norm: float) -> float:
     """Clip and step; stop on a non-finite gradient norm, or on weights the update made non-finite."""
-    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    norm = distributed.clip_grad_norm(model, max_norm)
     if not torch.isfinite(norm):
         optimizer.zero_grad(set_to_none=True)
         raise FloatingPointError(f"non-finite gradient norm {norm.item()}")
