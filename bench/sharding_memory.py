@@ -2,7 +2,8 @@
 
 `--stage ppo`: the README's data-parallel command (configs/ppo-about-10-words.yaml on SmolLM2-135M-Instruct,
 separate critic, `ppo.micro_batch_size=2 ppo.gradient_accumulation_steps=2`, `--iterations` iterations, no
-checkpoints), AdamW moments replicated vs `run.shard_optimizer=true` (ZeRO stage 1).
+checkpoints), AdamW moments replicated vs `run.shard_optimizer=true` (ZeRO stage 1) vs `run.fsdp=true` (the
+policy sharded, gathered whole while sampling; the separate critic and the reference stay whole).
 `--stage sft`: configs/sft-demo.yaml, `--iterations` optimizer steps of 2 x 2 rows, replicated vs
 `run.shard_optimizer=true` vs `run.fsdp=true` (FSDP2: weights, gradients and moments sharded).
 
@@ -36,7 +37,7 @@ PARENT = ("import resource, subprocess, sys; rc = subprocess.run(sys.argv[1:]).r
 STAGES = {
     "ppo": (["ppo", "--config", str(REPO / "configs" / "ppo-about-10-words.yaml"), "ppo.micro_batch_size=2",
              "ppo.gradient_accumulation_steps=2", "ppo.checkpoint_every=0"], "ppo.iterations",
-            {"replicated": [], "shard_optimizer": ["run.shard_optimizer=true"]}),
+            {"replicated": [], "shard_optimizer": ["run.shard_optimizer=true"], "fsdp": ["run.fsdp=true"]}),
     "sft": (["sft", "--config", str(REPO / "configs" / "sft-demo.yaml"), "sft.micro_batch_size=2",
              "sft.gradient_accumulation_steps=2", "sft.checkpoint_every=0", "sft.eval_every=0"], "sft.max_steps",
             {"replicated": [], "shard_optimizer": ["run.shard_optimizer=true"], "fsdp": ["run.fsdp=true"]}),
