@@ -24,8 +24,8 @@ def _run(out: Path, policy: str, prompts: str, micro: int, accum: int, monkeypat
     build, sample = ppo.build_models, ppo.sample_responses
     logprobs, values, step = ppo_updates.response_logprobs, ppo_updates.response_values, ppo_updates._step
 
-    def build_models(cfg, device):
-        m = build(cfg, device)
+    def build_models(cfg, device, *rest):
+        m = build(cfg, device, *rest)
         rec["models"] = m
         rec["policy0"] = {k: v.detach().clone() for k, v in m.policy.named_parameters()}
         rec["value0"] = {k: v.detach().clone() for k, v in m.value.named_parameters()}

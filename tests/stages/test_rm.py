@@ -352,8 +352,8 @@ def test_ppo_takes_the_rm_as_reward_and_critic(tmp_path, tiny_model_dir, tiny_rm
     seen: dict = {}
     original = ppo.build_models
 
-    def wrapper(cfg, device):
-        models = original(cfg, device)
+    def wrapper(cfg, device, *rest):
+        models = original(cfg, device, *rest)
         seen["score0"] = ppo.value_head(models.value).weight.detach().clone()
         return models
 
