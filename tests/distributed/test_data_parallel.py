@@ -240,6 +240,9 @@ _RL_FSDP = {
     "grpo": ["grpo.prompts_per_iteration=2", "grpo.group_size=4", "grpo.micro_batch_size=2",
              "grpo.gradient_accumulation_steps=4", "grpo.checkpoint_every=1", "grpo.missing_eos=keep",
              "grpo.learning_rate=1e-4"],
+    "grpo-checkpointing": ["grpo.prompts_per_iteration=2", "grpo.group_size=4", "grpo.micro_batch_size=2",
+                           "grpo.gradient_accumulation_steps=4", "grpo.checkpoint_every=1", "grpo.missing_eos=keep",
+                           "grpo.learning_rate=1e-4", "grpo.gradient_checkpointing=true"],
     "ppo-shared": ["ppo.batch_size=8", "ppo.micro_batch_size=2", "ppo.gradient_accumulation_steps=4",
                    "ppo.checkpoint_every=1", "ppo.critic=shared", "ppo.missing_eos=keep", "ppo.learning_rate=1e-4"],
     "ppo-separate": ["ppo.batch_size=8", "ppo.micro_batch_size=2", "ppo.gradient_accumulation_steps=4",
@@ -250,7 +253,7 @@ _RL_FSDP = {
 @pytest.mark.parametrize("case", list(_RL_FSDP))
 def test_fsdp_policy_in_ppo_and_grpo_equals_replicas_and_resumes(case, tiny_model_dir, prompts_file, tmp_path):
     """run.fsdp in rlaif grpo / ppo (2 processes): the policy is sharded, gathered whole for sampling and
-    sharded again; a shared value head and a separate critic stay whole. Against the same 2-process run without
+    sharded again (also with gradient checkpointing); a shared value head and a separate critic stay whole. Against the same 2-process run without
     sharding (same seeds, so the same samples): the same logged figures and final policy; the checkpoint holds
     the whole policy and its AdamW moments keyed by parameter name; a rerun for one more iteration resumes."""
     from safetensors.torch import load_file
