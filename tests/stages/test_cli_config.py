@@ -275,3 +275,22 @@ def test_fsdp_where_it_does_not_apply_exits_2(capsys, tmp_path, tiny_model_dir, 
     assert cli_main([*args, f"run.output_dir={tmp_path / 'run'}", *extra]) == 2
     lines = _error_lines(capsys)
     assert any(f"'{key}'" in line for line in lines), lines
+
+
+def test_resume_with_other_lora_or_critic_settings_exits_2_naming_the_key(capsys, tmp_path, tiny_model_dir,
+                                                                        prompts_file):
+    """A checkpoint written with LoRA off and a separate critic: resuming it with LoRA on, or with a shared
+    critic, stops with exit 2 naming the key (not a missing-file traceback), and the checkpoint is kept."""
+    base = ["ppo", f"run.output_dir={tmp_path}", "run.progress=false", f"ppo.policy={tiny_model_dir}",
+            f"ppo.prompts={prompts_file}", f"ppo.reward.function={REWARDS}:constant_one", "ppo.batch_size=4",
+            "ppo.micro_batch_size=2", "ppo.gradient_accumulation_steps=2", "ppo.generation.max_new_tokens=2",
+            "ppo.checkpoint_every=1"]
+    assert cli_main([*base, "ppo.iterations=1"]) == 0
+    capsys.readouterr()
+    for extra, key in ((["ppo.lora.r=2"], "ppo.lora.r"), (["ppo.critic=shared"], "ppo.critic")):
+        assert cli_main([*base, "ppo.iterations=2", *extra]) == 2
+        lines = _error_lines(capsys)
+        assert any(f"'{key}'" in line and "run.resume=never" in line for line in lines), lines
+    assert [r["iteration"] for r in read_metrics(tmp_path)] == [1]
+    assert cli_main([*base, "ppo.iterations=2"]) == 0  # the same settings resume
+    assert [r["iteration"] for r in read_metrics(tmp_path)] == [1, 2]

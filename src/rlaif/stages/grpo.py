@@ -148,7 +148,7 @@ def train(run: RunConfig, cfg: GRPOConfig, resolved_config: dict | None = None) 
     start, position = 0, 0
     ckpt = find_resume_checkpoint(out, run.resume)
     if ckpt is not None:
-        state = _load_checkpoint(ckpt, models, (opt,), kl_ctl, device)
+        state = _load_checkpoint(ckpt, models, (opt,), kl_ctl, device, "grpo")
         start, position = state["iteration"], state["prompt_position"]
         log.info("resumed from %s (iteration %d)", ckpt, start)
     metrics.truncate_after(start)

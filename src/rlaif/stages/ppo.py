@@ -479,9 +479,27 @@ def _load_weights(model: torch.nn.Module, sd: dict, where: str) -> None:
         model.tie_weights()
 
 
-def _load_checkpoint(folder: Path, models: Models, opts, kl_ctl, device) -> dict:
+def _check_checkpoint_fits(folder: Path, models: Models, opts, stage: str) -> None:
+    """A checkpoint written with other LoRA or critic settings cannot be resumed: say which key differs (exit 2)
+    before loading anything."""
+    start_over = "resume with the settings it was written with, or start over with run.resume=never"
+    for name, model, _ in _trained(models, opts):
+        has_adapter = (folder / name / "adapter_model.safetensors").is_file()
+        if has_adapter != is_lora(model):
+            raise ConfigError(f"config key '{stage}.lora.r': checkpoint {folder} was written "
+                              f"{'with' if has_adapter else 'without'} LoRA adapters on the {name}; {start_over}")
+    if (models.value_head is not None) != (folder / "value_head.pt").is_file() or (
+            (models.value is not None) != (folder / "value").is_dir()):
+        written = "shared" if (folder / "value_head.pt").is_file() else (
+            "separate" if (folder / "value").is_dir() else "none (grpo)")
+        raise ConfigError(f"config key '{stage}.critic': checkpoint {folder} was written with critic {written}; "
+                          f"{start_over}")
+
+
+def _load_checkpoint(folder: Path, models: Models, opts, kl_ctl, device, stage: str = "ppo") -> dict:
     from safetensors.torch import load_file
 
+    _check_checkpoint_fits(folder, models, opts, stage)
     for name, model, _ in _trained(models, opts):
         if is_lora(model):  # the adapters are all that trains; the base weights are the loaded model's
             load_adapter_weights(model, folder / name, device)
