@@ -368,15 +368,17 @@ def clip_grad_norm(model: torch.nn.Module, max_norm: float) -> torch.Tensor:
     if not sharded or len(sharded) == len(params):
         norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
         return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
-    grads = [[p.grad for p in group if p.grad is not None] for group in (sharded, [p for p in params
-                                                                                 if not _is_dtensor(p)])]
-    norms = [torch.nn.utils.get_total_norm(g) if g else torch.zeros(()) for g in grads]
-    norms = [n.full_tensor() if hasattr(n, "full_tensor") else n for n in norms]
-    total = torch.linalg.vector_norm(torch.stack([n.float().cpu() for n in norms]))
-    coef = min(1.0, max_norm / (float(total) + 1e-6))
+    plain = [p for p in params if not _is_dtensor(p)]
+    norms = []  # one norm per kind: DTensor and plain gradients cannot meet in one foreach call
+    for group in (sharded, plain):
+        n = torch.nn.utils.get_total_norm([p.grad for p in group if p.grad is not None])
+        norms.append((n.full_tensor() if hasattr(n, "full_tensor") else n).float().cpu())
+    total = torch.linalg.vector_norm(torch.stack(norms))
+    coef = min(1.0, max_norm / (float(total) + 1e-6))  # clip_grad_norm_'s coefficient
     if coef < 1.0:
-        for g in grads[0] + grads[1]:
-            g.mul_(coef)
+        for p in params:
+            if p.grad is not None:
+                p.grad.mul_(coef)
     return total
 
 
