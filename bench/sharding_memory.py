@@ -1,13 +1,15 @@
-"""Peak memory per process of data-parallel training with and without sharding (ZeRO-1 and FSDP).
+"""Peak memory per process of data-parallel training with and without sharding (ZeRO-1, FSDP, DeepSpeed).
 
 `--stage ppo`: the README's data-parallel command (configs/ppo-about-10-words.yaml on SmolLM2-135M-Instruct,
 separate critic, `ppo.micro_batch_size=2 ppo.gradient_accumulation_steps=2`, `--iterations` iterations, no
 checkpoints), AdamW moments replicated vs `run.shard_optimizer=true` (ZeRO stage 1) vs `run.fsdp=true` (the
 policy sharded, gathered whole while sampling; the separate critic and the reference stay whole).
 `--stage sft`: configs/sft-demo.yaml, `--iterations` optimizer steps of 2 x 2 rows, replicated vs
-`run.shard_optimizer=true` vs `run.fsdp=true` (FSDP2: weights, gradients and moments sharded).
+`run.shard_optimizer=true` vs `run.fsdp=true` (FSDP2: weights, gradients and moments sharded) vs DeepSpeed ZeRO-2
+and ZeRO-3 (the shipped configs/accelerate/deepspeed-zero{2,3}.yaml).
 
-Each variant runs under `accelerate launch --multi_gpu --num_processes N` on this CPU (gloo), under its own
+Each variant runs under `accelerate launch --multi_gpu --num_processes N` (DeepSpeed: `--config_file` of its
+shipped config) on this CPU (gloo), under its own
 small parent process, which reports the largest peak RSS of any process below it (`RUSAGE_CHILDREN`: the
 biggest single process, not the sum). Loading and the final save are included: every process first loads the
 whole model, then shards it, and a sharded model's weights are gathered whole (on the CPU) to be saved. For sft
@@ -40,14 +42,23 @@ STAGES = {
             {"replicated": [], "shard_optimizer": ["run.shard_optimizer=true"], "fsdp": ["run.fsdp=true"]}),
     "sft": (["sft", "--config", str(REPO / "configs" / "sft-demo.yaml"), "sft.micro_batch_size=2",
              "sft.gradient_accumulation_steps=2", "sft.checkpoint_every=0", "sft.eval_every=0"], "sft.max_steps",
-            {"replicated": [], "shard_optimizer": ["run.shard_optimizer=true"], "fsdp": ["run.fsdp=true"]}),
+            {"replicated": [], "shard_optimizer": ["run.shard_optimizer=true"], "fsdp": ["run.fsdp=true"],
+             "deepspeed_zero2": [], "deepspeed_zero3": []}),
 }
+
+
+def launcher(variant: str) -> list[str]:
+    """accelerate launch's flags: --multi_gpu (on this CPU: torchrun, gloo), or a shipped DeepSpeed config."""
+    if variant.startswith("deepspeed_zero"):
+        stage = variant.removeprefix("deepspeed_zero")
+        return ["--config_file", str(REPO / "configs" / "accelerate" / f"deepspeed-zero{stage}.yaml")]
+    return ["--multi_gpu"]
 
 
 def run_variant(stage: str, variant: str, processes: int, iterations: int, port: int) -> dict:
     args, length_key, variants = STAGES[stage]
     with tempfile.TemporaryDirectory() as out:
-        launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
+        launch = [sys.executable, "-m", "accelerate.commands.launch", *launcher(variant), "--num_processes",
                   str(processes), "--main_process_port", str(port), "-m", "rlaif.cli", *args, "run.device=cpu",
                   f"run.output_dir={out}", "run.resume=never", "run.progress=false", "run.threads=1",
                   f"{length_key}={iterations}", *variants[variant]]

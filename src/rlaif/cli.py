@@ -128,6 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(RootConfig, args.config, args.overrides)
         distributed.check_launcher_env()  # before anything is written
+        from .deepspeed_zero import check_launch
+
+        check_launch(args.command not in ("ppo", "grpo"), cfg.run)  # the one-process stages refuse any launch
     except ConfigError as e:
         return _fail(str(e), 2)
     try:

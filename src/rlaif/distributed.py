@@ -73,24 +73,28 @@ def init_from_env(device_choice: str = "auto") -> World:
     return _WORLD
 
 
-LAUNCHER_PLUGINS = {"ACCELERATE_USE_FSDP": "FSDP", "ACCELERATE_USE_DEEPSPEED": "DeepSpeed",
-                    "ACCELERATE_USE_MEGATRON_LM": "Megatron-LM"}
+LAUNCHER_PLUGINS = {"ACCELERATE_USE_FSDP": "FSDP", "ACCELERATE_USE_MEGATRON_LM": "Megatron-LM"}
 
 
 def check_launcher_env() -> None:
     """Refuse what `accelerate launch` asks of an `Accelerator` that rlaif does not build.
 
-    An accelerate config with FSDP, DeepSpeed or Megatron-LM only sets ACCELERATE_USE_* for the launched script
-    to read; rlaif's own loop would ignore them and train whole replicas while the user believes the models are
-    sharded. `--mixed_precision` is only warned about: rlaif takes its precision from `run.precision`."""
+    An accelerate config with FSDP or Megatron-LM only sets ACCELERATE_USE_* for the launched script to read;
+    rlaif's own loop would ignore them and train whole replicas while the user believes the models are sharded.
+    A DeepSpeed config is read (rlaif.deepspeed_zero: ZeRO-2/3 for sft, rm and dpo) and checked here.
+    `--mixed_precision` is only warned about: rlaif takes its precision from `run.precision`."""
     from .config import ConfigError
+    from .deepspeed_zero import plan_from_env
+
+    plan_from_env()  # a DeepSpeed launch asking for what rlaif does not do stops here
 
     for var, what in LAUNCHER_PLUGINS.items():
         if os.environ.get(var, "").lower() in ("1", "true", "yes"):
             raise ConfigError(
                 f"launcher: accelerate asked for {what} ({var}=true), which rlaif does not implement (every process "
                 f"holds whole replicas of the models it trains); launch without the {what} config. "
-                "run.shard_optimizer=true shards the AdamW moments over the processes (ZeRO stage 1)")
+                "run.shard_optimizer=true shards the AdamW moments over the processes (ZeRO stage 1), run.fsdp=true "
+                "the weights too (FSDP2); configs/accelerate/deepspeed-zero2.yaml and -zero3.yaml launch DeepSpeed")
     mp = os.environ.get("ACCELERATE_MIXED_PRECISION", "no").lower()
     if mp not in ("no", ""):
         log.warning("accelerate launch --mixed_precision %s is not read: rlaif's precision is run.precision "
@@ -201,11 +205,39 @@ def broadcast_parameters(model: torch.nn.Module) -> None:
                 t.data.copy_(buf)
 
 
+def backward(loss: torch.Tensor, model: torch.nn.Module) -> None:
+    """`loss.backward()`, through DeepSpeed's engine when DeepSpeed trains `model` (`use_deepspeed`)."""
+    engine = _engine(model)
+    if engine is None:
+        loss.backward()
+    else:
+        from .deepspeed_zero import backward as engine_backward
+
+        engine_backward(engine, loss, _WORLD.size)
+
+
+def use_deepspeed(model: torch.nn.Module, opt: torch.optim.Optimizer, max_grad_norm: float):
+    """`opt` as it is, or, when `accelerate launch` asked for DeepSpeed and there are several processes,
+    DeepSpeed's ZeRO optimizer around `model` and `opt` (rlaif.deepspeed_zero). The stage then goes on calling
+    this module's functions, which route through the engine."""
+    from .deepspeed_zero import initialize, plan_from_env
+
+    plan = plan_from_env()
+    if plan is None:
+        return opt
+    if not _WORLD.enabled:
+        log.warning("DeepSpeed launch with one process: plain training (nothing to shard over)")
+        return opt
+    log.info("DeepSpeed ZeRO stage %d over %d processes (optimizer offload: %s, weight offload: %s)",
+             plan.stage, _WORLD.size, plan.offload_optimizer, plan.offload_param)
+    return initialize(model, opt, plan, max_grad_norm)
+
+
 def all_reduce_gradients(model: torch.nn.Module) -> None:
     """Sum every trainable parameter's gradient over processes (missing gradients count as zeros, so every
     process reduces the same buffers). One flat buffer per dtype. Parameters sharded by FSDP are skipped: their
     gradients are already summed (reduce-scattered in the backward pass)."""
-    if not _WORLD.enabled:
+    if not _WORLD.enabled or _engine(model) is not None:  # DeepSpeed reduces in its own step
         return
     dist = _dist()
     params = [p for p in model.parameters() if p.requires_grad and not _is_dtensor(p)]
@@ -257,6 +289,22 @@ def _is_dtensor(t: torch.Tensor) -> bool:
     return hasattr(t, "to_local") and hasattr(t, "device_mesh")
 
 
+def _engine(model: torch.nn.Module | None):
+    """The DeepSpeed engine that trains `model` (rlaif.deepspeed_zero), or None."""
+    return getattr(model, "deepspeed_engine", None) if model is not None else None
+
+
+def _partitioned(t: torch.Tensor) -> bool:
+    """A weight partitioned by DeepSpeed ZeRO-3: the tensor itself is empty, this process's part is ds_tensor."""
+    return hasattr(t, "ds_id")
+
+
+def holds_partitions(model: torch.nn.Module | None) -> bool:
+    """Whether each process holds only part of `model`'s weights (FSDP or DeepSpeed ZeRO-3): checks over its
+    weights must then be combined over processes."""
+    return is_sharded(model) or (model is not None and any(_partitioned(p) for p in model.parameters()))
+
+
 def is_sharded(model: torch.nn.Module | None) -> bool:
     """Whether `model` holds FSDP-sharded parameters (itself sharded, or containing a sharded module, as the
     policy + shared value head pair does)."""
@@ -302,7 +350,10 @@ def reshard(model: torch.nn.Module) -> None:
 
 
 def local(t: torch.Tensor) -> torch.Tensor:
-    """This process's shard of a sharded (DTensor) parameter or gradient; any other tensor as it is."""
+    """This process's shard of a sharded (DTensor, or DeepSpeed ZeRO-3) parameter or gradient; any other tensor
+    as it is."""
+    if _partitioned(t):
+        return t.ds_tensor
     return t.to_local() if hasattr(t, "to_local") else t
 
 
@@ -315,6 +366,10 @@ def _full_options():
 def full_model_state(model: torch.nn.Module) -> dict | None:
     """A sharded model's whole state dict on the main process (a collective: every process calls it; the
     others get {}); None for a model that is not sharded (save it as it is)."""
+    if _engine(model) is not None:
+        from .deepspeed_zero import full_model_state as gathered
+
+        return gathered(model)
     if not is_sharded(model):
         return None
     from torch.distributed.checkpoint.state_dict import get_model_state_dict
@@ -336,10 +391,16 @@ def save_pretrained(model, folder, state: dict | None) -> None:
 
 def trained_state_gib(model: torch.nn.Module, opt: torch.optim.Optimizer) -> float:
     """GiB this process holds of `model`'s parameters and `opt`'s state (AdamW moments): its shards when sharded
-    (run.fsdp, run.shard_optimizer), everything otherwise. Gradients are not counted (freed after each step)."""
-    tensors = [local(p.detach()) for p in model.parameters()]
-    inner = getattr(opt, "optim", opt)  # ZeroRedundancyOptimizer keeps its part in its own AdamW
-    tensors += [local(t) for st in inner.state.values() for t in st.values() if torch.is_tensor(t)]
+    (run.fsdp, run.shard_optimizer, DeepSpeed), everything otherwise. Gradients are not counted (freed after each
+    step)."""
+    if _engine(model) is not None:
+        from .deepspeed_zero import local_tensors
+
+        tensors = local_tensors(model, opt)
+    else:
+        tensors = [local(p.detach()) for p in model.parameters()]
+        inner = getattr(opt, "optim", opt)  # ZeroRedundancyOptimizer keeps its part in its own AdamW
+        tensors += [local(t) for st in inner.state.values() for t in st.values() if torch.is_tensor(t)]
     seen, total = set(), 0
     for t in tensors:
         if t.data_ptr() not in seen:  # tied weights once
@@ -354,7 +415,7 @@ def lockstep_chunks(mine: list, size: int, filler, model: torch.nn.Module) -> li
     of them: a process with fewer chunks than the busiest adds passes over [`filler`] with weight 0.0 (their
     results must be multiplied by the weight, or skipped)."""
     chunks = [(mine[s:s + size], 1.0) for s in range(0, len(mine), size)]
-    if is_sharded(model):
+    if is_sharded(model) or _engine(model) is not None:  # DeepSpeed reduces in every backward
         most = int(all_reduce_floats([float(len(chunks))], op="max")[0])
         chunks += [([filler], 0.0)] * (most - len(chunks))
     return chunks
@@ -401,7 +462,11 @@ def make_adamw(params, *, shard_state: bool = False, **kwargs) -> torch.optim.Op
 def optimizer_state(opt: torch.optim.Optimizer, model: torch.nn.Module | None = None) -> dict | None:
     """The whole state dict of `opt` on the main process, as an unsharded AdamW's (None elsewhere). A collective
     for a sharded optimizer (`make_adamw(shard_state=True)`) or a sharded `model` (`shard_model`; the state is
-    then keyed by parameter name): every process must call it."""
+    then keyed by parameter name; DeepSpeed's too): every process must call it."""
+    if _engine(model) is not None:
+        from .deepspeed_zero import optimizer_state as gathered
+
+        return gathered(model, opt)
     if is_sharded(model):
         from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 
@@ -416,7 +481,11 @@ def optimizer_state(opt: torch.optim.Optimizer, model: torch.nn.Module | None = 
 def load_optimizer_state(opt: torch.optim.Optimizer, state: dict, model: torch.nn.Module) -> None:
     """Load a state saved by `optimizer_state`: keyed by parameter name (saved from a sharded model) or by
     index (any other); each process takes the part it holds."""
-    if any(isinstance(k, str) for k in state.get("state", {})):
+    if _engine(model) is not None:
+        from .deepspeed_zero import load_optimizer_state as scatter
+
+        scatter(model, opt, state)
+    elif any(isinstance(k, str) for k in state.get("state", {})):
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
         reshard(model)
@@ -431,7 +500,7 @@ def parameter_fingerprint(model: torch.nn.Module) -> torch.Tensor:
     with torch.no_grad():
         rows = [torch.stack([p.sum(dtype=torch.float64), torch.linalg.vector_norm(p, dtype=torch.float64),
                              p.reshape(-1)[0].double()])
-                for p in model.parameters() if p.requires_grad and not _is_dtensor(p)]
+                for p in model.parameters() if p.requires_grad and not _is_dtensor(p) and not _partitioned(p)]
     return torch.stack(rows).cpu() if rows else torch.zeros(0, 3, dtype=torch.float64)
 
 

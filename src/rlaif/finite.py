@@ -33,7 +33,7 @@ def nonfinite_parameters(model: torch.nn.Module) -> list[str]:
 def check_finite_weights(model: torch.nn.Module, what: str = "") -> None:
     """Raise FloatingPointError naming the first non-finite parameters of `model` (`what`: e.g. "policy: ")."""
     bad = nonfinite_parameters(model)
-    if distributed.is_sharded(model) and distributed.any_true(bool(bad)) and not bad:
+    if distributed.holds_partitions(model) and distributed.any_true(bool(bad)) and not bad:
         raise FloatingPointError(f"{what}non-finite weights after the optimizer step in another process's shard")
     if bad:
         more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""

@@ -108,18 +108,20 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def setup_run(run: RunConfig, data_parallel: bool = False, fsdp: bool = False) -> tuple[Path, torch.device]:
+def setup_run(run: RunConfig, data_parallel: bool = False, fsdp: bool = False,
+              deepspeed: bool = False) -> tuple[Path, torch.device]:
     """The run folder and device; joins the launcher's process group. Stages that do not shard their work
     (`data_parallel=False`) refuse to run in several processes rather than repeat the same work N times;
-    stages that cannot shard their models (`fsdp=False`) refuse run.fsdp."""
-    if run.fsdp and not fsdp:
-        from .config import ConfigError
+    stages that cannot shard their models (`fsdp=False`) refuse run.fsdp, and those that do not train under
+    DeepSpeed (`deepspeed=False`) refuse a DeepSpeed launch."""
+    from .config import ConfigError
+    from .deepspeed_zero import check_launch
 
+    if run.fsdp and not fsdp:
         raise ConfigError("config key 'run.fsdp': this stage trains no model; only rlaif sft, rm, dpo, ppo and "
                           "grpo shard one")
+    check_launch(deepspeed or not data_parallel, run)  # a one-process stage says so below
     if not run.output_dir:
-        from .config import ConfigError
-
         raise ConfigError("config key 'run.output_dir': empty (the CLI defaults it to runs/<stage>)")
     out = Path(run.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -128,8 +130,6 @@ def setup_run(run: RunConfig, data_parallel: bool = False, fsdp: bool = False) -
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     world = distributed.init_from_env(run.device)  # no-op without a launcher
     if world.enabled and not data_parallel:
-        from .config import ConfigError
-
         raise ConfigError(f"this stage runs in one process, not {world.size}: start it without accelerate launch "
                           "/ torchrun (data parallel: rlaif sft, rm, dpo, ppo, grpo)")
     device = pick_device(run.device)

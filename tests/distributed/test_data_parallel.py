@@ -36,16 +36,18 @@ ACCELERATE_CONFIG = HERE.parents[1] / "configs" / "accelerate" / "multi-gpu.yaml
 
 
 def launch(args: list[str], processes: int, tmp_path: Path, timeout: float = 300,
-           mode: str | None = None) -> subprocess.CompletedProcess:
-    """`accelerate launch --config_file configs/accelerate/multi-gpu.yaml` of `args` in `processes` processes
-    (1: plain python, no launcher); `mode`: a launcher flag (e.g. --use_fsdp) instead of the config file."""
+           mode: str | None = None, config: Path = ACCELERATE_CONFIG, extra: tuple[str, ...] | list[str] = ()
+           ) -> subprocess.CompletedProcess:
+    """`accelerate launch --config_file configs/accelerate/multi-gpu.yaml` (or `config`) of `args` in `processes`
+    processes (1: plain python, no launcher); `mode`: a launcher flag (e.g. --use_fsdp) instead of the config
+    file, followed by the launcher flags `extra`."""
     port = str(29500 + (os.getpid() % 2000))  # one rendezvous port per test session
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "MASTER_PORT": port}
     if processes == 1:
         cmd = [sys.executable, *args]
     else:
-        how = ["--config_file", str(ACCELERATE_CONFIG)] if mode is None else [mode, "--num_machines", "1",
-                                                                              "--mixed_precision", "no"]
+        how = (["--config_file", str(config)] if mode is None
+               else [mode, "--num_machines", "1", "--mixed_precision", "no", *extra])
         cmd = [sys.executable, "-m", "accelerate.commands.launch", *how, "--num_processes", str(processes),
                "--main_process_port", port, *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=tmp_path)

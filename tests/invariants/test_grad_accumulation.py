@@ -46,9 +46,9 @@ def _run(out: Path, policy: str, prompts: str, micro: int, accum: int, monkeypat
             rec["grad_value_rows"].append(prompt_ids.shape[0])
         return values(model, prompt_ids, *a, **k)
 
-    def counting_step(opt, model, max_norm):
+    def counting_step(opt, model, max_norm, what):
         rec["steps"].append("policy" if model is rec["models"].policy else "value")
-        return step(opt, model, max_norm)
+        return step(opt, model, max_norm, what)
 
     with monkeypatch.context() as mp:
         mp.setattr(ppo, "build_models", build_models)

@@ -40,9 +40,9 @@ from ..checkpoint import find_resume_checkpoint, load_json, save_checkpoint, sav
 from ..config import ConfigError, check_training_fields, field
 from ..data.preferences import PreferenceRow, load_preference_split
 from ..data.sft import Encoded, SFTRow, collate, encode_row, end_of_turn_ids
-from ..finite import check_finite_weights
 from ..metrics import MetricsLogger, read_metrics
 from ..models.loading import disable_dropout, load_causal_lm, load_tokenizer
+from ..optimizer_step import optimizer_step
 from ..runtime import RunConfig, autocast_for, seed_everything, setup_run
 from .sft import BatchStream, restore_trainer_state, save_model, save_step_checkpoint
 
@@ -270,24 +270,17 @@ def train_step(model, opt, pairs: list[EncodedPair], ref: tuple[torch.Tensor, to
         if not torch.isfinite(loss):
             opt.zero_grad(set_to_none=True)
             raise FloatingPointError(f"loss is {loss.item()}")
-        loss.backward()
+        distributed.backward(loss, model)
         if weight:
             for k, v in zip(parts, (losses, chosen_r, rejected_r, chosen, rejected)):
                 parts[k].append(v.detach().float().cpu())
-    distributed.all_reduce_gradients(model)
-    norm = distributed.clip_grad_norm(model, cfg.max_grad_norm)
-    if not torch.isfinite(norm):
-        opt.zero_grad(set_to_none=True)
-        raise FloatingPointError(f"non-finite gradient norm {norm.item()}")
-    opt.step()
-    opt.zero_grad(set_to_none=True)
-    check_finite_weights(model)  # an update can overflow even from a finite gradient; nothing is saved then
-    distributed.check_replicas(model, "dpo")
+    norm = optimizer_step(opt, model, cfg.max_grad_norm, "dpo")
     cat = {k: distributed.gather_items(torch.cat(v), n_pairs) for k, v in parts.items()}
     return {**pair_stats(cat["losses"], cat["chosen"], cat["rejected"]),
             "logps_chosen": cat["logp_c"].mean().item(), "logps_rejected": cat["logp_r"].mean().item(),
-            "grad_norm": float(norm), "pairs": n_pairs,
-            "tokens": sum(p.chosen.n_trained + p.rejected.n_trained for p in pairs)}
+            "grad_norm": norm, "pairs": n_pairs,
+            "tokens": sum(p.chosen.n_trained + p.rejected.n_trained for p in pairs),
+            "trained_state_gib": distributed.trained_state_gib(model, opt)}
 
 
 @torch.no_grad()
@@ -322,7 +315,7 @@ def train(run: RunConfig, cfg: DPOConfig, resolved_config: dict | None = None, d
     """
     cfg.validate()
     data = data if data is not None else read_data(cfg, run.seed)  # bad input fails before any output
-    out, device = setup_run(run, data_parallel=True, fsdp=True)
+    out, device = setup_run(run, data_parallel=True, fsdp=True, deepspeed=True)
     seed_everything(run.seed)
     amp = autocast_for(device, run.precision)
     tokenizer = load_tokenizer(cfg.policy, padding_side="left")  # saved with the policy, ready for generation
@@ -355,6 +348,7 @@ def train(run: RunConfig, cfg: DPOConfig, resolved_config: dict | None = None, d
         distributed.shard_model(model)
     opt = distributed.make_adamw(model.parameters(), shard_state=run.shard_optimizer, lr=cfg.learning_rate,
                                  weight_decay=cfg.weight_decay)
+    opt = distributed.use_deepspeed(model, opt, cfg.max_grad_norm)  # when the launch asked for DeepSpeed
     metrics = MetricsLogger(out, run.report_to, resolved_config, step_key="step")
     start = restore_trainer_state(ckpt, opt, stream, total, log, model) if ckpt is not None else 0
     metrics.truncate_after(start if ckpt is not None else -1)  # each step logged once, step 0 included

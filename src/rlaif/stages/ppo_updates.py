@@ -16,35 +16,24 @@ from typing import TYPE_CHECKING
 import torch
 
 from .. import distributed, ops
-from ..finite import check_finite_weights
+from ..optimizer_step import optimizer_step
 from ..rollout.scoring import response_logprobs, response_logprobs_and_values, response_values
 
 if TYPE_CHECKING:
     from .ppo import Models, PPOConfig, Scored
 
 
-def _step(optimizer, model, max_norm: float) -> float:
-    """Clip and step; stop on a non-finite gradient norm, or on weights the update made non-finite."""
-    norm = distributed.clip_grad_norm(model, max_norm)
-    if not torch.isfinite(norm):
-        optimizer.zero_grad(set_to_none=True)
-        raise FloatingPointError(f"non-finite gradient norm {norm.item()}")
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    check_finite_weights(model)  # an update can overflow even from a finite gradient
-    return float(norm)
+def _step(optimizer, model, max_norm: float, what: str) -> float:
+    """One optimizer step of the policy or the value model (`optimizer_step`: reduce, clip, AdamW, checks)."""
+    return optimizer_step(optimizer, model, max_norm, what)
 
 
 def _named_step(optimizer, model, max_norm: float, what: str) -> float:
-    """Sum gradients over processes, then `_step`, with the model (policy | value) named in a NaN/inf stop;
-    with several processes, check the replicas stayed identical."""
-    distributed.all_reduce_gradients(model)
+    """`_step`, with the model (policy | value) named in a NaN/inf stop."""
     try:
-        norm = _step(optimizer, model, max_norm)
+        return _step(optimizer, model, max_norm, what)
     except FloatingPointError as e:
         raise FloatingPointError(f"{what}: {e}") from None
-    distributed.check_replicas(model, what)
-    return norm
 
 
 def _minibatches(n: int, cfg: PPOConfig, gen: torch.Generator):
@@ -111,7 +100,7 @@ def value_update(models: Models, opt, sc: Scored, cfg: PPOConfig, device, amp, g
                 cfg.value_clip_eps, normalizer=n_tokens.to(device), return_std=return_std,
             )
             _check_finite_loss(loss, "value loss")
-            loss.backward()
+            distributed.backward(loss, models.value)
             total += loss.item()
             tw.add("vf_clipfrac", st["vf_clipfrac"], float(sc.mask[idx].sum()))
         stats["value_grad_norm"].append(_named_step(opt, models.value, cfg.max_grad_norm, "value"))
@@ -131,6 +120,7 @@ def policy_update(models: Models, opt, sc: Scored, kl_coef: float, cfg: PPOConfi
         return_std = distributed.masked_mean_var(sc.returns, sc.mask)[1].sqrt().item()
     stats: dict[str, list[float]] = {k: [] for k in ("policy_loss", "policy_grad_norm", "ratio_max")}
     tw = TokenWeighted()
+    trained = models.trained_with_policy() if head is not None else models.policy
     for micro in _minibatches(len(sc.rollout), cfg, gen):
         n_tokens = _global_tokens(sc.mask, micro)
         total, v_total = 0.0, 0.0
@@ -167,13 +157,12 @@ def policy_update(models: Models, opt, sc: Scored, kl_coef: float, cfg: PPOConfi
                 loss = loss + cfg.vf_coef * v_loss
                 v_total += v_loss.item()
                 tw.add("vf_clipfrac", v_st["vf_clipfrac"], float(mask.sum()))
-            loss.backward()
+            distributed.backward(loss, trained)
             n = float(mask.sum())
             tw.add("clipfrac", st["clipfrac"], n)
             tw.add("approx_kl", st["approx_kl"], n)
             tw.add("entropy", ops.masked_mean(ent, mask), n)
             stats["ratio_max"].append(st["ratio_max"].item())
-        trained = models.trained_with_policy() if head is not None else models.policy
         stats["policy_grad_norm"].append(_named_step(opt, trained, cfg.max_grad_norm, "policy"))
         stats["policy_loss"].append(total)
         if head is not None:

@@ -38,9 +38,9 @@ from ..checkpoint import (
 )
 from ..config import ConfigError, check_training_fields, field
 from ..data.preferences import PreferenceRow, load_preference_split
-from ..finite import check_finite_weights
 from ..metrics import MetricsLogger
 from ..models.loading import disable_dropout, is_decoder_only, load_sequence_classifier, load_tokenizer
+from ..optimizer_step import optimizer_step
 from ..rewards.sources import encode_reward_inputs
 from ..runtime import RunConfig, autocast_for, seed_everything, setup_run
 from .sft import BatchStream, restore_trainer_state, save_model, save_step_checkpoint
@@ -166,7 +166,7 @@ def train_step(model, opt, tokenizer, fmt: str, rows: list[PreferenceRow], cfg: 
         if not torch.isfinite(loss):
             opt.zero_grad(set_to_none=True)
             raise FloatingPointError(f"loss is {loss.item()}")
-        loss.backward()
+        distributed.backward(loss, model)
         if not weight:  # a lock-step pass of a sharded model: nothing of it is counted
             continue
         w = len(part) / n_pairs
@@ -176,20 +176,13 @@ def train_step(model, opt, tokenizer, fmt: str, rows: list[PreferenceRow], cfg: 
         chosen_all.append(chosen.detach().cpu())
         rejected_all.append(rejected.detach().cpu())
         n_full += full
-    distributed.all_reduce_gradients(model)
     reduced = distributed.all_reduce_floats([*sums.values(), n_full])
     sums, n_full = dict(zip(sums, reduced[:-1])), int(reduced[-1])
-    norm = distributed.clip_grad_norm(model, cfg.max_grad_norm)
-    if not torch.isfinite(norm):
-        opt.zero_grad(set_to_none=True)
-        raise FloatingPointError(f"non-finite gradient norm {norm.item()}")
-    opt.step()
-    opt.zero_grad(set_to_none=True)
-    check_finite_weights(model)  # an update can overflow even from a finite gradient; nothing is saved then
-    distributed.check_replicas(model, "rm")
+    norm = optimizer_step(opt, model, cfg.max_grad_norm, "rm")
     stats = ops.pairwise_stats(distributed.gather_items(torch.cat(chosen_all), n_pairs),
                                distributed.gather_items(torch.cat(rejected_all), n_pairs))
-    return {**sums, **stats, "grad_norm": float(norm), "pairs": n_pairs, "inputs_at_max_length": n_full}
+    return {**sums, **stats, "grad_norm": norm, "pairs": n_pairs, "inputs_at_max_length": n_full,
+            "trained_state_gib": distributed.trained_state_gib(model, opt)}
 
 
 @torch.no_grad()
@@ -248,7 +241,7 @@ def train(run: RunConfig, cfg: RMConfig, resolved_config: dict | None = None, da
     cfg.validate()
     data = data if data is not None else read_data(cfg, run.seed)  # bad input fails before any output
     tokenizer = load_tokenizer(cfg.model, padding_side="right")  # as ModelReward loads it
-    out, device = setup_run(run, data_parallel=True, fsdp=True)
+    out, device = setup_run(run, data_parallel=True, fsdp=True, deepspeed=True)
     seed_everything(run.seed)
     amp = autocast_for(device, run.precision)
     batch = cfg.micro_batch_size * cfg.gradient_accumulation_steps
@@ -273,6 +266,7 @@ def train(run: RunConfig, cfg: RMConfig, resolved_config: dict | None = None, da
         distributed.shard_model(model)  # weights, gradients and moments: 1/N per process
     opt = distributed.make_adamw(model.parameters(), shard_state=run.shard_optimizer, lr=cfg.learning_rate,
                                  weight_decay=cfg.weight_decay)
+    opt = distributed.use_deepspeed(model, opt, cfg.max_grad_norm)  # when the launch asked for DeepSpeed
     metrics = MetricsLogger(out, run.report_to, resolved_config, step_key="step")
     start = restore_trainer_state(ckpt, opt, stream, total, log, model) if ckpt is not None else 0
     metrics.truncate_after(start if ckpt is not None else -1)  # each step logged once, step 0 included

@@ -33,9 +33,9 @@ from ..checkpoint import (
 from ..config import ConfigError, check_training_fields, field
 from ..data.jsonl import DataError
 from ..data.sft import Encoded, collate, encode_rows, load_sft_rows, split_eval
-from ..finite import check_finite_weights
 from ..metrics import MetricsLogger
 from ..models.loading import load_causal_lm, load_tokenizer
+from ..optimizer_step import optimizer_step
 from ..runtime import RunConfig, autocast_for, rng_state, seed_everything, set_rng_state, setup_run
 
 log = logging.getLogger("rlaif.sft")
@@ -150,19 +150,11 @@ def train_step(model, opt, examples: list[Encoded], cfg: SFTConfig, pad_id: int,
         if not torch.isfinite(loss):
             opt.zero_grad(set_to_none=True)
             raise FloatingPointError(f"loss is {loss.item()}")
-        loss.backward()
+        distributed.backward(loss, model)
         total += loss.item()
-    distributed.all_reduce_gradients(model)
     total = distributed.all_reduce_floats([total])[0]
-    norm = distributed.clip_grad_norm(model, cfg.max_grad_norm)
-    if not torch.isfinite(norm):
-        opt.zero_grad(set_to_none=True)
-        raise FloatingPointError(f"non-finite gradient norm {norm.item()}")
-    opt.step()
-    opt.zero_grad(set_to_none=True)
-    check_finite_weights(model)  # an update can overflow even from a finite gradient; nothing is saved then
-    distributed.check_replicas(model, "sft")
-    return {"loss": total, "grad_norm": float(norm), "tokens": n_tokens,
+    norm = optimizer_step(opt, model, cfg.max_grad_norm, "sft")
+    return {"loss": total, "grad_norm": norm, "tokens": n_tokens,
             "trained_state_gib": distributed.trained_state_gib(model, opt)}
 
 
@@ -241,7 +233,7 @@ def restore_trainer_state(ckpt, opt, stream: BatchStream, total: int, log: loggi
 def train(run: RunConfig, cfg: SFTConfig, resolved_config: dict | None = None) -> Path:
     """Run SFT; returns the folder of the final model (Hugging Face format, with the tokenizer)."""
     cfg.validate()
-    out, device = setup_run(run, data_parallel=True, fsdp=True)
+    out, device = setup_run(run, data_parallel=True, fsdp=True, deepspeed=True)
     seed_everything(run.seed)
     amp = autocast_for(device, run.precision)
     tokenizer = load_tokenizer(cfg.model, padding_side="left")  # saved with the model, ready for generation
@@ -266,6 +258,7 @@ def train(run: RunConfig, cfg: SFTConfig, resolved_config: dict | None = None) -
         distributed.shard_model(model)  # weights, gradients and moments: 1/N per process
     opt = distributed.make_adamw(model.parameters(), shard_state=run.shard_optimizer, lr=cfg.learning_rate,
                                  weight_decay=cfg.weight_decay)
+    opt = distributed.use_deepspeed(model, opt, cfg.max_grad_norm)  # when the launch asked for DeepSpeed
     metrics = MetricsLogger(out, run.report_to, resolved_config, step_key="step")
     start = restore_trainer_state(ckpt, opt, stream, total, log, model) if ckpt is not None else 0
     metrics.truncate_after(start if ckpt is not None else -1)  # each step logged once, step 0 included

@@ -1,0 +1,269 @@
+"""DeepSpeed ZeRO stage 2 or 3 for sft, rm and dpo, when `accelerate launch` is given a DeepSpeed config.
+
+`accelerate launch --config_file configs/accelerate/deepspeed-zero2.yaml -m rlaif.cli sft cfg.yaml` (or
+`-zero3.yaml`) starts the processes with ACCELERATE_USE_DEEPSPEED and the ZeRO stage in the environment; the
+training YAML is the same as for one process. The stage then hands its model and its AdamW to
+`deepspeed.initialize`:
+
+- ZeRO-2: every process keeps whole weights; gradients are reduce-scattered and each process keeps the AdamW
+  moments (and fp32 master copy) of 1/N of them. ZeRO-3: the weights are partitioned too and gathered layer by
+  layer for each forward and backward pass.
+- The math stays rlaif's: our losses are divided by the token count of the GLOBAL batch, so each process's loss
+  is multiplied by N before DeepSpeed's backward (DeepSpeed averages gradients over processes; we sum). The
+  micro-batches of an optimizer step are ours (DeepSpeed's `managed_gradient_accumulation: false`: backward
+  accumulates, `step` reduces and updates), and DeepSpeed clips at the stage's max_grad_norm.
+- Precision stays `run.precision` (autocast over fp32 weights): DeepSpeed's own bf16/fp16 are not turned on.
+- Checkpoints are rlaif's: the whole model in Hugging Face format and every parameter's AdamW moments keyed by
+  parameter name (gathered with DeepSpeed's tensor-fragment API), the format FSDP checkpoints use, so a run
+  may resume with or without DeepSpeed, with any process count.
+
+DeepSpeed is imported only when a launch asks for it (`pip install 'rlaif[deepspeed]'`).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+# the optimizer-state keys of torch's AdamW besides "step"
+ADAM_MOMENTS = ("exp_avg", "exp_avg_sq")
+
+
+@dataclass(frozen=True)
+class DeepSpeedPlan:
+    stage: int  # 2 or 3
+    offload_optimizer: str = "none"  # none | cpu
+    offload_param: str = "none"  # none | cpu (ZeRO-3 only)
+
+
+def _env_true(name: str) -> bool:
+    return os.environ.get(name, "").lower() in ("1", "true", "yes")
+
+
+def plan_from_env() -> DeepSpeedPlan | None:
+    """What an accelerate DeepSpeed launch asked for; None for any other launch. Raises ConfigError for what
+    rlaif does not do (a DeepSpeed JSON file of its own, ZeRO stage 0/1, NVMe offload)."""
+    from .config import ConfigError
+
+    if not _env_true("ACCELERATE_USE_DEEPSPEED"):
+        return None
+    cfg_file = os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE", "")
+    if cfg_file and cfg_file.lower() != "none":
+        raise ConfigError(f"launcher: deepspeed_config_file {cfg_file} is not read: rlaif builds DeepSpeed's "
+                          "config from the training YAML; give zero_stage and offload_*_device in the accelerate "
+                          "config instead (configs/accelerate/deepspeed-zero2.yaml)")
+    stage = os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "2")
+    if stage not in ("2", "3"):
+        raise ConfigError(f"launcher: DeepSpeed zero_stage {stage}: rlaif runs ZeRO stage 2 or 3 under DeepSpeed "
+                          "(stage 1 is run.shard_optimizer=true without DeepSpeed; stage 0 is a plain launch)")
+    devices = {}
+    for what, var in (("optimizer", "ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE"),
+                      ("param", "ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE")):
+        devices[what] = os.environ.get(var, "none").lower() or "none"
+        if devices[what] not in ("none", "cpu"):
+            raise ConfigError(f"launcher: DeepSpeed offload_{what}_device {devices[what]}: rlaif offloads to the "
+                              "CPU only (none | cpu)")
+    if devices["param"] != "none" and stage != "3":
+        raise ConfigError("launcher: DeepSpeed offload_param_device needs zero_stage 3")
+    return DeepSpeedPlan(int(stage), devices["optimizer"], devices["param"])
+
+
+DEEPSPEED_STAGES = ("sft", "rm", "dpo")
+
+
+def check_launch(runs_deepspeed: bool, run) -> DeepSpeedPlan | None:
+    """The DeepSpeed plan of this launch (None without one), refused with a ConfigError for a stage that does not
+    train under DeepSpeed (`runs_deepspeed` False) or next to rlaif's own sharding keys of `run` (RunConfig)."""
+    from .config import ConfigError
+
+    plan = plan_from_env()
+    if plan is None:
+        return None
+    if not runs_deepspeed:
+        raise ConfigError(f"launcher: accelerate asked for DeepSpeed ZeRO-{plan.stage}, which rlaif runs for "
+                          "sft, rm and dpo only; for this stage launch with "
+                          "configs/accelerate/multi-gpu.yaml and run.fsdp=true (weights sharded) or "
+                          "run.shard_optimizer=true (ZeRO-1)")
+    if run.fsdp or run.shard_optimizer:
+        key = "run.fsdp" if run.fsdp else "run.shard_optimizer"
+        raise ConfigError(f"config key '{key}': the DeepSpeed launch already shards (ZeRO-{plan.stage}); drop "
+                          f"{key} or launch without DeepSpeed")
+    return plan
+
+
+def _deepspeed():
+    try:
+        import deepspeed
+    except ImportError as e:
+        from .config import ConfigError
+
+        raise ConfigError("launcher: accelerate asked for DeepSpeed, which is not installed: "
+                          "pip install 'rlaif[deepspeed]'") from e
+    return deepspeed
+
+
+def engine_config(plan: DeepSpeedPlan, max_grad_norm: float, world_size: int) -> dict:
+    """DeepSpeed's config dict: our micro-batches, DeepSpeed's ZeRO, no DeepSpeed mixed precision."""
+    zero: dict = {"stage": plan.stage}
+    if plan.offload_optimizer != "none":
+        zero["offload_optimizer"] = {"device": plan.offload_optimizer}
+    if plan.offload_param != "none":
+        zero["offload_param"] = {"device": plan.offload_param}
+    return {
+        # DeepSpeed insists on batch sizes; they only name one backward per process and step (not used by us)
+        "train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1, "train_batch_size": world_size,
+        "managed_gradient_accumulation": False,  # backward accumulates; step() reduces and updates
+        "gradient_clipping": max_grad_norm,
+        "zero_optimization": zero,
+        "zero_allow_untested_optimizer": True,  # torch's AdamW
+        "zero_force_ds_cpu_optimizer": False,  # torch's AdamW also when the optimizer state is offloaded
+        "steps_per_print": 2**62, "wall_clock_breakdown": False,
+    }
+
+
+def initialize(model: torch.nn.Module, opt: torch.optim.Optimizer, plan: DeepSpeedPlan, max_grad_norm: float):
+    """Wrap `model` (trained in place: the engine's module is `model` itself) and its AdamW in a DeepSpeed engine;
+    returns DeepSpeed's ZeRO optimizer, which stands in for `opt` (its param_groups are `opt`'s, so the stages'
+    learning-rate schedule reaches it). The engine hangs on the model as `model.deepspeed_engine`."""
+    from . import distributed
+
+    ds = _deepspeed()
+    engine, zero_opt, _, _ = ds.initialize(model=model, optimizer=opt,
+                                           config=engine_config(plan, max_grad_norm, distributed.world().size))
+    object.__setattr__(model, "deepspeed_engine", engine)  # a plain attribute, not a submodule (the engine
+    zero_opt.deepspeed_engine = engine  # holds the model: registered as a child it would recurse)
+    return zero_opt
+
+
+def engine_of(model: torch.nn.Module | None):
+    return getattr(model, "deepspeed_engine", None) if model is not None else None
+
+
+def backward(engine, loss: torch.Tensor, world_size: int) -> None:
+    """Our loss (already over the global token count) through DeepSpeed's backward: times N, since DeepSpeed
+    divides the reduced gradients by N."""
+    engine.backward(loss * world_size, scale_wrt_gas=False)
+
+
+def step(engine) -> torch.Tensor:
+    """Reduce, clip and step; the gradients' global norm before clipping (inf/NaN: DeepSpeed skipped the step)."""
+    engine.step()
+    norm = engine.get_global_grad_norm()
+    return torch.as_tensor(float("nan") if norm is None else float(norm))
+
+
+def _stage3(p: torch.Tensor) -> bool:
+    return hasattr(p, "ds_id")
+
+
+def local_tensors(model: torch.nn.Module, zero_opt) -> list[torch.Tensor]:
+    """The tensors this process holds of `model` and its ZeRO optimizer: weights (their partitions under ZeRO-3),
+    fp32 master partitions and AdamW moments."""
+    out = [p.ds_tensor if _stage3(p) else p.detach() for p in model.parameters()]
+    out += [p.detach() for p in _flat_partitions(zero_opt)]
+    out += [t for st in zero_opt.optimizer.state.values() for t in st.values() if torch.is_tensor(t)]
+    return out
+
+
+@torch.no_grad()
+def full_model_state(model: torch.nn.Module) -> dict | None:
+    """ZeRO-3: the whole state dict on the main process ({} elsewhere; a collective: every process calls it).
+    None under ZeRO-2, where every process holds the whole weights."""
+    from . import distributed
+
+    if not any(_stage3(p) for p in model.parameters()):
+        return None
+    ds = _deepspeed()
+    with ds.zero.GatheredParameters(list(model.parameters()), modifier_rank=None):
+        return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()} if distributed.is_main() else {}
+
+
+def _flat_partitions(zero_opt) -> list[torch.Tensor]:
+    """This process's flat fp32 master partitions, the tensors torch's AdamW steps (one per group or sub-group)."""
+    flats = getattr(zero_opt, "single_partition_of_fp32_groups", None)  # ZeRO-2
+    return list(flats if flats is not None else zero_opt.fp32_partitioned_groups_flat)  # ZeRO-3
+
+
+def _named_groups(model: torch.nn.Module, zero_opt) -> list[tuple[int, list[tuple[str, torch.nn.Parameter]]]]:
+    """The model's trained parameters by name, per ZeRO (sub-)group, with the index of their AdamW param group."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    if hasattr(zero_opt, "bit16_groups"):  # ZeRO-2: one group per AdamW param group
+        return [(i, [(names[id(p)], p) for p in group]) for i, group in enumerate(zero_opt.bit16_groups)]
+    return [(zero_opt.sub_group_to_group_id[i], [(names[id(p)], p) for p in group])  # ZeRO-3: sub-groups
+            for i, group in enumerate(zero_opt.fp16_groups)]
+
+
+def _step_count(zero_opt) -> float:
+    states = [st for st in zero_opt.optimizer.state.values() if "step" in st]
+    return float(states[0]["step"]) if states else 0.0
+
+
+def optimizer_state(model: torch.nn.Module, zero_opt) -> dict | None:
+    """Every parameter's AdamW state keyed by parameter name, as FSDP's full optimizer state dict: {"state":
+    {name: {"step", "exp_avg", "exp_avg_sq"}}, "param_groups": [{hyper-parameters, "params": [names]}]}.
+    A collective (each moment is assembled from every process's fragment); the main process gets it, the
+    others None."""
+    from . import distributed
+
+    ds = _deepspeed()
+    step = torch.tensor(_step_count(zero_opt))
+    state: dict = {}
+    groups = [{**{k: v for k, v in g.items() if k != "params"}, "params": []} for g in zero_opt.optimizer.param_groups]
+    for group_id, named in _named_groups(model, zero_opt):
+        for name, p in named:
+            moments = {k: ds.utils.safe_get_full_optimizer_state(p, k) for k in ADAM_MOMENTS}
+            if all(m is not None for m in moments.values()):
+                state[name] = {"step": step.clone(),
+                               **{k: m.detach().float().cpu().clone() for k, m in moments.items()}}
+            groups[group_id]["params"].append(name)
+    return {"state": state, "param_groups": groups} if distributed.is_main() else None
+
+
+def load_optimizer_state(model: torch.nn.Module, zero_opt, saved: dict) -> None:
+    """Load a name-keyed AdamW state (`optimizer_state`, or an FSDP checkpoint's) into the ZeRO partitions: each
+    process takes its fragment of every moment. An index-keyed state (a checkpoint of plain data parallel) is
+    first mapped to names by the order of the model's trained parameters."""
+    ds = _deepspeed()
+    state = saved["state"]
+    if state and not any(isinstance(k, str) for k in state):
+        order = [n for n, p in model.named_parameters() if p.requires_grad]
+        index = [i for g in saved["param_groups"] for i in g["params"]]
+        state = {order[pos]: state[i] for pos, i in enumerate(index) if i in state}
+    _materialise_adam_state(zero_opt)
+    steps = set()
+    for _, named in _named_groups(model, zero_opt):
+        for name, p in named:
+            if name not in state:
+                raise KeyError(f"checkpoint's optimizer state has no moments for {name}")
+            for k in ADAM_MOMENTS:
+                ds.utils.safe_set_full_optimizer_state(p, state[name][k].to(torch.float32), k)
+            steps.add(float(state[name]["step"]))
+    for st in zero_opt.optimizer.state.values():  # one step count for every flat partition
+        if steps:
+            st["step"].fill_(max(steps))
+
+
+def _materialise_adam_state(zero_opt) -> None:
+    """torch's AdamW creates its state at its first step; a resume must fill it before that. Zero moments and
+    step 0 for each flat fp32 partition that has none, as AdamW's own first step would make them (a 0-d step
+    tensor on the partition's device), then linked to the weights' fragments (ZeRO-2 links them lazily)."""
+    inner = zero_opt.optimizer
+    for p in _flat_partitions(zero_opt):
+        st = inner.state[p]
+        if "exp_avg" not in st:
+            st["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
+            st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+    link = getattr(zero_opt, "_lazy_init_hp_params_optimizer_state", None)  # ZeRO-2 (a private hook)
+    if link is not None:
+        link()
+
+
+def has_partitioned_weights(model: torch.nn.Module | None) -> bool:
+    return model is not None and any(_stage3(p) for p in model.parameters())
+
+
+__all__ = ["DeepSpeedPlan", "DEEPSPEED_STAGES", "check_launch", "plan_from_env", "initialize", "engine_of", "backward", "step", "full_model_state",
+           "optimizer_state", "load_optimizer_state", "local_tensors", "has_partitioned_weights"]
