@@ -1,9 +1,10 @@
-"""DeepSpeed ZeRO stage 2 or 3 for sft, rm and dpo, when `accelerate launch` is given a DeepSpeed config.
+"""DeepSpeed ZeRO stage 2 (every training stage) or 3 (sft, rm, dpo), when `accelerate launch` is given a
+DeepSpeed config.
 
 `accelerate launch --config_file configs/accelerate/deepspeed-zero2.yaml -m rlaif.cli sft cfg.yaml` (or
 `-zero3.yaml`) starts the processes with ACCELERATE_USE_DEEPSPEED and the ZeRO stage in the environment; the
 training YAML is the same as for one process. The stage then hands its model and its AdamW to
-`deepspeed.initialize`:
+`deepspeed.initialize` (ppo: the policy, with a shared value head, and a separate critic, each with its own):
 
 - ZeRO-2: every process keeps whole weights; gradients are reduce-scattered and each process keeps the AdamW
   moments (and fp32 master copy) of 1/N of them. ZeRO-3: the weights are partitioned too and gathered layer by
@@ -70,22 +71,25 @@ def plan_from_env() -> DeepSpeedPlan | None:
     return DeepSpeedPlan(int(stage), devices["optimizer"], devices["param"])
 
 
-DEEPSPEED_STAGES = ("sft", "rm", "dpo")
+# the ZeRO stages each training stage runs under DeepSpeed: ppo and grpo sample from the policy, which ZeRO-3
+# would have to gather whole for every generate call (run.fsdp=true does that for them)
+ZERO_STAGES = {"sft": (2, 3), "rm": (2, 3), "dpo": (2, 3), "ppo": (2,), "grpo": (2,)}
 
 
-def check_launch(runs_deepspeed: bool, run) -> DeepSpeedPlan | None:
-    """The DeepSpeed plan of this launch (None without one), refused with a ConfigError for a stage that does not
-    train under DeepSpeed (`runs_deepspeed` False) or next to rlaif's own sharding keys of `run` (RunConfig)."""
+def check_launch(zero_stages: tuple[int, ...], run, stage: str = "this stage") -> DeepSpeedPlan | None:
+    """The DeepSpeed plan of this launch (None without one), refused with a ConfigError for a ZeRO stage the
+    training stage does not run under DeepSpeed (`zero_stages`, of ZERO_STAGES) or next to rlaif's own sharding
+    keys of `run` (RunConfig)."""
     from .config import ConfigError
 
     plan = plan_from_env()
     if plan is None:
         return None
-    if not runs_deepspeed:
-        raise ConfigError(f"launcher: accelerate asked for DeepSpeed ZeRO-{plan.stage}, which rlaif runs for "
-                          "sft, rm and dpo only; for this stage launch with "
-                          "configs/accelerate/multi-gpu.yaml and run.fsdp=true (weights sharded) or "
-                          "run.shard_optimizer=true (ZeRO-1)")
+    if plan.stage not in zero_stages:
+        raise ConfigError(f"launcher: accelerate asked for DeepSpeed ZeRO-{plan.stage}, which rlaif does not run "
+                          f"for {stage} (ZeRO-2/3: sft, rm, dpo; ZeRO-2: ppo, grpo); launch ppo or grpo with "
+                          "configs/accelerate/deepspeed-zero2.yaml, or configs/accelerate/multi-gpu.yaml and "
+                          "run.fsdp=true (weights sharded)")
     if run.fsdp or run.shard_optimizer:
         key = "run.fsdp" if run.fsdp else "run.shard_optimizer"
         raise ConfigError(f"config key '{key}': the DeepSpeed launch already shards (ZeRO-{plan.stage}); drop "
@@ -208,6 +212,7 @@ def optimizer_state(model: torch.nn.Module, zero_opt) -> dict | None:
     from . import distributed
 
     ds = _deepspeed()
+    _link_fragments(zero_opt)
     step = torch.tensor(_step_count(zero_opt))
     state: dict = {}
     groups = [{**{k: v for k, v in g.items() if k != "params"}, "params": []} for g in zero_opt.optimizer.param_groups]
@@ -256,14 +261,30 @@ def _materialise_adam_state(zero_opt) -> None:
             st["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
             st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-    link = getattr(zero_opt, "_lazy_init_hp_params_optimizer_state", None)  # ZeRO-2 (a private hook)
-    if link is not None:
-        link()
+    _link_fragments(zero_opt)
+
+
+def _link_fragments(zero_opt) -> None:
+    """ZeRO-2: point each weight's tensor-fragment mapping at its partition's AdamW state, again. DeepSpeed
+    0.19.8 links them once, right after the first param group's first step, so with two groups (a policy and
+    its value head at another rate) the second group's mappings point at a state that was still empty and
+    `safe_get_full_optimizer_state` fails. ZeRO-3 reads the state directly."""
+    if hasattr(zero_opt, "_hp_optimizer_states_linked"):
+        zero_opt._hp_optimizer_states_linked = False
+        zero_opt._lazy_init_hp_params_optimizer_state()
+
+
+def weights_loaded(model: torch.nn.Module) -> None:
+    """After weights were loaded into a model DeepSpeed trains: its fp32 master copy (made at initialize) taken
+    from them again, or the next step would write the old weights back."""
+    engine = engine_of(model)
+    if engine is not None:
+        engine.optimizer.refresh_fp32_params()
 
 
 def has_partitioned_weights(model: torch.nn.Module | None) -> bool:
     return model is not None and any(_stage3(p) for p in model.parameters())
 
 
-__all__ = ["DeepSpeedPlan", "DEEPSPEED_STAGES", "check_launch", "plan_from_env", "initialize", "engine_of", "backward", "step", "full_model_state",
+__all__ = ["DeepSpeedPlan", "ZERO_STAGES", "check_launch", "weights_loaded", "plan_from_env", "initialize", "engine_of", "backward", "step", "full_model_state",
            "optimizer_state", "load_optimizer_state", "local_tensors", "has_partitioned_weights"]

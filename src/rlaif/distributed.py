@@ -81,7 +81,8 @@ def check_launcher_env() -> None:
 
     An accelerate config with FSDP or Megatron-LM only sets ACCELERATE_USE_* for the launched script to read;
     rlaif's own loop would ignore them and train whole replicas while the user believes the models are sharded.
-    A DeepSpeed config is read (rlaif.deepspeed_zero: ZeRO-2/3 for sft, rm and dpo) and checked here.
+    A DeepSpeed config is read (rlaif.deepspeed_zero: ZeRO-2 for every training stage, ZeRO-3 for sft, rm, dpo)
+    and checked here.
     `--mixed_precision` is only warned about: rlaif takes its precision from `run.precision`."""
     from .config import ConfigError
     from .deepspeed_zero import plan_from_env

@@ -249,24 +249,39 @@ _RL_FSDP = {
                    "ppo.checkpoint_every=1", "ppo.critic=shared", "ppo.missing_eos=keep", "ppo.learning_rate=1e-4"],
     "ppo-separate": ["ppo.batch_size=8", "ppo.micro_batch_size=2", "ppo.gradient_accumulation_steps=4",
                      "ppo.checkpoint_every=1", "ppo.missing_eos=keep", "ppo.learning_rate=1e-4"],
+    "grpo-lora": ["grpo.prompts_per_iteration=2", "grpo.group_size=4", "grpo.micro_batch_size=2",
+                  "grpo.gradient_accumulation_steps=4", "grpo.checkpoint_every=1", "grpo.missing_eos=keep",
+                  "grpo.learning_rate=1e-3", "grpo.lora.r=4"],  # not with FSDP (exit 2)
 }
 
 
-@pytest.mark.parametrize("case", list(_RL_FSDP))
-def test_fsdp_policy_in_ppo_and_grpo_equals_replicas_and_resumes(case, tiny_model_dir, prompts_file, tmp_path):
+_DEEPSPEED_ZERO2 = ACCELERATE_CONFIG.parent / "deepspeed-zero2.yaml"
+
+
+@pytest.mark.parametrize(("case", "sharding"), [*((c, "fsdp") for c in _RL_FSDP if "lora" not in c),
+                                                *((c, "deepspeed") for c in ("grpo", "grpo-lora", "ppo-shared",
+                                                                             "ppo-separate"))])
+def test_sharded_policy_in_ppo_and_grpo_equals_replicas_and_resumes(case, sharding, tiny_model_dir, prompts_file,
+                                                                    tmp_path):
     """run.fsdp in rlaif grpo / ppo (2 processes): the policy is sharded, gathered whole for sampling and
-    sharded again (also with gradient checkpointing); a shared value head and a separate critic stay whole. Against the same 2-process run without
-    sharding (same seeds, so the same samples): the same logged figures and final policy; the checkpoint holds
-    the whole policy and its AdamW moments keyed by parameter name; a rerun for one more iteration resumes."""
+    sharded again (also with gradient checkpointing); a shared value head and a separate critic stay whole.
+    deepspeed: the shipped deepspeed-zero2.yaml launch, each trained model (the policy with a shared head; a
+    separate critic; a LoRA policy, whose reference is itself with adapters off) in its own ZeRO-2 engine. Against the same 2-process run without sharding (same seeds, so
+    the same samples): the same logged figures and final policy; the checkpoint holds the whole policy and its
+    AdamW moments keyed by parameter name; a rerun for one more iteration resumes."""
     from safetensors.torch import load_file
 
     stage = case.split("-")[0]
     common = [f"{stage}.prompts={prompts_file}", *_RL_FSDP[case]]
     outs = {"replicas": tmp_path / "replicas", "fsdp": tmp_path / "fsdp"}
+    flags = ["run.fsdp=true"] if sharding == "fsdp" else []
+    config = _DEEPSPEED_ZERO2 if sharding == "deepspeed" else ACCELERATE_CONFIG
     for name, out in outs.items():
-        extra = ["run.fsdp=true"] if name == "fsdp" else []
-        proc = launch(_cli(stage, out, tiny_model_dir, [*common, f"{stage}.iterations=2", *extra]), 2, tmp_path)
+        extra, how = (flags, config) if name == "fsdp" else ([], ACCELERATE_CONFIG)
+        proc = launch(_cli(stage, out, tiny_model_dir, [*common, f"{stage}.iterations=2", *extra]), 2, tmp_path,
+                      config=how)
         assert proc.returncode == 0, proc.stderr[-3000:]
+        assert (sharding == "deepspeed" and name == "fsdp") == ("DeepSpeed ZeRO stage 2" in proc.stderr)
     rows = {name: read_metrics(out) for name, out in outs.items()}
     assert [r["iteration"] for r in rows["fsdp"]] == [1, 2]
     for a, b in zip(rows["replicas"], rows["fsdp"], strict=True):
@@ -279,14 +294,17 @@ def test_fsdp_policy_in_ppo_and_grpo_equals_replicas_and_resumes(case, tiny_mode
                for k in w2) > 1e-4  # it trained (answers without EOS keep their length reward)
 
     (step, ckpt), = list_checkpoints(outs["fsdp"])
-    assert step == 2 and load_file(str(ckpt / "policy" / "model.safetensors")).keys() == w2.keys()
+    if "lora" in case:  # the checkpoint holds the adapters (the final policy above is merged)
+        assert step == 2 and (ckpt / "policy" / "adapter_model.safetensors").is_file()
+    else:
+        assert step == 2 and load_file(str(ckpt / "policy" / "model.safetensors")).keys() == w2.keys()
     policy_opt = torch.load(ckpt / "optimizers.pt", weights_only=False)["policy"]
     assert _has_every_moment(policy_opt) and all(isinstance(k, str) for k in policy_opt["state"])
     if case == "ppo-shared":
         assert any(k.startswith("1.") for k in policy_opt["state"])  # the value head's moments, by name too
 
-    proc = launch(_cli(stage, outs["fsdp"], tiny_model_dir, [*common, f"{stage}.iterations=3", "run.fsdp=true"]),
-                  2, tmp_path)
+    proc = launch(_cli(stage, outs["fsdp"], tiny_model_dir, [*common, f"{stage}.iterations=3", *flags]),
+                  2, tmp_path, config=config)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "resumed from" in proc.stderr
     assert [r["iteration"] for r in read_metrics(outs["fsdp"])] == [1, 2, 3]

@@ -6,8 +6,10 @@ model, with the training YAML of one process.
   end with its weights; each process holds less of the trained state; the checkpoint holds the whole model and
   every parameter's AdamW moments keyed by name; a rerun from the step-4 checkpoint ends where the run ended, and
   a 1-process checkpoint resumes under DeepSpeed (and the other way round).
-- A DeepSpeed launch of a stage that does not run under it, with a sharding key of rlaif's own, with ZeRO stage 1
-  or with a DeepSpeed JSON of the user's, exits 2 naming what, before anything is written.
+- ppo and grpo under ZeRO-2: tests/distributed/test_data_parallel.py (against their plain 2-process runs).
+- A DeepSpeed launch of a ZeRO stage a training stage does not run under (ZeRO-3 for ppo), with a sharding key of
+  rlaif's own, with ZeRO stage 1 or with a DeepSpeed JSON of the user's, exits 2 naming what, before anything is
+  written.
 """
 
 from __future__ import annotations
@@ -107,7 +109,8 @@ def test_deepspeed_launches_rlaif_does_not_run_exit_2(tiny_model_dir, prompts_fi
     zero2 = {"config": CONFIGS / "deepspeed-zero2.yaml"}
     out = tmp_path / "ppo"
     refused(_cli("ppo", out, tiny_model_dir, [f"ppo.prompts={prompts_file}"]),
-            "accelerate asked for DeepSpeed ZeRO-2, which rlaif runs for sft, rm and dpo only", out, **zero2)
+            "accelerate asked for DeepSpeed ZeRO-3, which rlaif does not run for rlaif ppo", out,
+            config=CONFIGS / "deepspeed-zero3.yaml")
     args, _, _ = _stage_args("sft", tiny_model_dir, tmp_path)
     out = tmp_path / "sft"
     sft = ["-m", "rlaif.cli", "sft", f"run.output_dir={out}", "run.progress=false", "run.device=cpu", *args]

@@ -27,6 +27,7 @@ from .. import distributed, ops
 from ..checkpoint import find_resume_checkpoint, save_checkpoint, torch_load
 from ..config import ConfigError, field, require_min
 from ..data.prompts import load_prompts
+from ..deepspeed_zero import ZERO_STAGES
 from ..metrics import MetricsLogger
 from ..models.lora import LoraConfig, check_lora, trainable_parameters
 from ..rewards.sources import check_finite, make_reward_source
@@ -127,7 +128,7 @@ def train(run: RunConfig, cfg: GRPOConfig, resolved_config: dict | None = None) 
     if not cfg.reward.model and not cfg.reward.function and cfg.reward.judge_mode == "off":
         raise ConfigError("config key 'grpo.reward': set grpo.reward.model, grpo.reward.function or "
                           "grpo.reward.judge_mode")
-    out, device = setup_run(run, data_parallel=True, fsdp=True)
+    out, device = setup_run(run, data_parallel=True, fsdp=True, zero_stages=ZERO_STAGES["grpo"])
     check_data_parallel(cfg.prompts_per_iteration, cfg.gradient_accumulation_steps, "grpo", "prompts_per_iteration")
     fsdp = check_fsdp(run, cfg.lora, "grpo")
     seed_everything(run.seed)
@@ -143,6 +144,7 @@ def train(run: RunConfig, cfg: GRPOConfig, resolved_config: dict | None = None) 
         extra=judge_reward_sources(cfg, models, device, amp))  # type: ignore[arg-type]
     opt = distributed.make_adamw(trainable_parameters(models.policy), shard_state=run.shard_optimizer,
                                  lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    opt = distributed.use_deepspeed(models.policy, opt, cfg.max_grad_norm)  # when the launch asked for DeepSpeed
     kl_ctl = ops.make_kl_controller(cfg.kl_coef, None, 1)  # fixed beta; kept in checkpoints like PPO's
     metrics = MetricsLogger(out, run.report_to, resolved_config)
     start, position = 0, 0

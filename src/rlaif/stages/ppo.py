@@ -8,6 +8,7 @@ accumulation, gradient clipping and AdamW. Losses are divided by the minibatch's
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -29,6 +30,7 @@ from ..checkpoint import (
 )
 from ..config import ConfigError, field, require_min
 from ..data.prompts import PromptRow, load_prompts
+from ..deepspeed_zero import ZERO_STAGES, weights_loaded
 from ..judges import JudgeConfig, make_judge
 from ..metrics import MetricsLogger
 from ..models.loading import (
@@ -190,10 +192,16 @@ class Models:
     value: torch.nn.Module | None  # a separate critic (None: critic=shared, or critic-free trainers such as GRPO)
     tokenizer: object
     value_head: torch.nn.Linear | None = None  # critic=shared: the scalar head on the policy's hidden states
+    _with_head: torch.nn.ModuleList | None = dataclasses.field(default=None, repr=False)
 
     def trained_with_policy(self) -> torch.nn.Module:
-        """What the policy optimizer steps: the policy, plus the shared value head when there is one."""
-        return self.policy if self.value_head is None else torch.nn.ModuleList([self.policy, self.value_head])
+        """What the policy optimizer steps: the policy, plus the shared value head when there is one (one
+        module, made once: a DeepSpeed engine hangs on it)."""
+        if self.value_head is None:
+            return self.policy
+        if self._with_head is None:
+            self._with_head = torch.nn.ModuleList([self.policy, self.value_head])
+        return self._with_head
 
     def reference_model(self):
         """`with models.reference_model() as ref:` — the frozen KL anchor to call (rlaif.models.lora)."""
@@ -293,6 +301,10 @@ def build_optimizers(models: Models, cfg: PPOConfig, shard_state: bool = False
     opt_value = (distributed.make_adamw(models.value.parameters(), shard_state=shard_state,
                                         lr=cfg.value_learning_rate, weight_decay=cfg.weight_decay)
                  if models.value is not None else None)
+    # when the launch asked for DeepSpeed (ZeRO-2): each optimizer with its model in an engine
+    opt_policy = distributed.use_deepspeed(models.trained_with_policy(), opt_policy, cfg.max_grad_norm)
+    if opt_value is not None:
+        opt_value = distributed.use_deepspeed(models.value, opt_value, cfg.max_grad_norm)
     return opt_policy, opt_value
 
 
@@ -510,6 +522,7 @@ def _load_checkpoint(folder: Path, models: Models, opts, kl_ctl, device, stage: 
         models.value_head.load_state_dict(torch_load(folder / "value_head.pt"))
     optim = torch_load(folder / "optimizers.pt")
     for name, _, opt in _trained(models, opts):
+        weights_loaded(_stepped(models, name))  # DeepSpeed's fp32 master copy from the loaded weights
         distributed.load_optimizer_state(opt, optim[name], _stepped(models, name))
     state = load_json(folder / "trainer_state.json")
     kl_ctl.load_state_dict(state["kl_controller"])
@@ -579,7 +592,7 @@ def global_view(sc: Scored) -> Scored:
 def train(run: RunConfig, cfg: PPOConfig, resolved_config: dict | None = None) -> Path:
     """Run PPO; returns the folder of the final policy (Hugging Face format)."""
     check_reward_source(cfg)
-    out, device = setup_run(run, data_parallel=True, fsdp=True)
+    out, device = setup_run(run, data_parallel=True, fsdp=True, zero_stages=ZERO_STAGES["ppo"])
     check_data_parallel(cfg.batch_size // cfg.samples_per_prompt, cfg.gradient_accumulation_steps, "ppo",
                         "batch_size")
     fsdp = check_fsdp(run, cfg.lora, "ppo")
