@@ -3,7 +3,8 @@
 `--stage ppo`: the README's data-parallel command (configs/ppo-about-10-words.yaml on SmolLM2-135M-Instruct,
 separate critic, `ppo.micro_batch_size=2 ppo.gradient_accumulation_steps=2`, `--iterations` iterations, no
 checkpoints), AdamW moments replicated vs `run.shard_optimizer=true` (ZeRO stage 1) vs `run.fsdp=true` (the
-policy sharded, gathered whole while sampling; the separate critic and the reference stay whole).
+policy sharded, gathered whole while sampling; the separate critic and the reference stay whole) vs DeepSpeed
+ZeRO-2 (configs/accelerate/deepspeed-zero2.yaml: the policy and the critic each in an engine).
 `--stage sft`: configs/sft-demo.yaml, `--iterations` optimizer steps of 2 x 2 rows, replicated vs
 `run.shard_optimizer=true` vs `run.fsdp=true` (FSDP2: weights, gradients and moments sharded) vs DeepSpeed ZeRO-2
 and ZeRO-3 (the shipped configs/accelerate/deepspeed-zero{2,3}.yaml).
@@ -17,7 +18,7 @@ the line also gives `trained_state_gib` of the first process after the last step
 moments, its shards when sharded; from metrics.jsonl). Prints one JSON line per variant. The arithmetic: a trained fp32 parameter costs 4 bytes of weight,
 4 of gradient and 8 of AdamW moments; ZeRO-1 divides the 8 by N, FSDP all 16 (plus the layer being gathered).
 
-    .venv/bin/python bench/sharding_memory.py [--stage ppo|sft] [--processes 2] [--iterations 1]
+    .venv/bin/python bench/sharding_memory.py [--stage ppo|sft] [--processes 2] [--iterations 1] [--variants a,b]
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ PARENT = ("import resource, subprocess, sys; rc = subprocess.run(sys.argv[1:]).r
 STAGES = {
     "ppo": (["ppo", "--config", str(REPO / "configs" / "ppo-about-10-words.yaml"), "ppo.micro_batch_size=2",
              "ppo.gradient_accumulation_steps=2", "ppo.checkpoint_every=0"], "ppo.iterations",
-            {"replicated": [], "shard_optimizer": ["run.shard_optimizer=true"], "fsdp": ["run.fsdp=true"]}),
+            {"replicated": [], "shard_optimizer": ["run.shard_optimizer=true"], "fsdp": ["run.fsdp=true"],
+             "deepspeed_zero2": []}),
     "sft": (["sft", "--config", str(REPO / "configs" / "sft-demo.yaml"), "sft.micro_batch_size=2",
              "sft.gradient_accumulation_steps=2", "sft.checkpoint_every=0", "sft.eval_every=0"], "sft.max_steps",
             {"replicated": [], "shard_optimizer": ["run.shard_optimizer=true"], "fsdp": ["run.fsdp=true"],
@@ -83,11 +85,13 @@ def main() -> None:
     ap.add_argument("--stage", choices=sorted(STAGES), default="ppo")
     ap.add_argument("--processes", type=int, default=2)
     ap.add_argument("--iterations", type=int, default=1)
+    ap.add_argument("--variants", default="", help="comma-separated subset (the first is the baseline of the "
+                    "summary line); default: all of the stage's")
     a = ap.parse_args()
     print(json.dumps({"loadavg_before": [round(x, 2) for x in os.getloadavg()], "cpus": os.cpu_count()}),
           flush=True)
     rows = []
-    for variant in STAGES[a.stage][2]:
+    for variant in a.variants.split(",") if a.variants else STAGES[a.stage][2]:
         rows.append(run_variant(a.stage, variant, a.processes, a.iterations, 29500 + os.getpid() % 2000))
         print(json.dumps(rows[-1]), flush=True)
     base = rows[0]["peak_rss_largest_process_gib"]

@@ -128,10 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(RootConfig, args.config, args.overrides)
         distributed.check_launcher_env()  # before anything is written
-        from .deepspeed_zero import ZERO_STAGES, check_launch
+        from .deepspeed_zero import check_launch
 
-        if args.command in ZERO_STAGES:  # the one-process stages refuse any launch in setup_run
-            check_launch(ZERO_STAGES[args.command], cfg.run, f"rlaif {args.command}")
+        check_launch(cfg.run)  # the one-process stages refuse any multi-process launch in setup_run
     except ConfigError as e:
         return _fail(str(e), 2)
     try:

@@ -1,5 +1,4 @@
-"""DeepSpeed ZeRO stage 2 (every training stage) or 3 (sft, rm, dpo), when `accelerate launch` is given a
-DeepSpeed config.
+"""DeepSpeed ZeRO stage 2 or 3 for every training stage, when `accelerate launch` is given a DeepSpeed config.
 
 `accelerate launch --config_file configs/accelerate/deepspeed-zero2.yaml -m rlaif.cli sft cfg.yaml` (or
 `-zero3.yaml`) starts the processes with ACCELERATE_USE_DEEPSPEED and the ZeRO stage in the environment; the
@@ -8,7 +7,8 @@ training YAML is the same as for one process. The stage then hands its model and
 
 - ZeRO-2: every process keeps whole weights; gradients are reduce-scattered and each process keeps the AdamW
   moments (and fp32 master copy) of 1/N of them. ZeRO-3: the weights are partitioned too and gathered layer by
-  layer for each forward and backward pass.
+  layer for each forward and backward pass; for sampling (ppo, grpo) the policy is gathered whole once per
+  `generate` call, since the processes run different numbers of forward passes.
 - The math stays rlaif's: our losses are divided by the token count of the GLOBAL batch, so each process's loss
   is multiplied by N before DeepSpeed's backward (DeepSpeed averages gradients over processes; we sum). The
   micro-batches of an optimizer step are ours (DeepSpeed's `managed_gradient_accumulation: false`: backward
@@ -23,6 +23,7 @@ DeepSpeed is imported only when a launch asks for it (`pip install 'rlaif[deepsp
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 
@@ -71,25 +72,14 @@ def plan_from_env() -> DeepSpeedPlan | None:
     return DeepSpeedPlan(int(stage), devices["optimizer"], devices["param"])
 
 
-# the ZeRO stages each training stage runs under DeepSpeed: ppo and grpo sample from the policy, which ZeRO-3
-# would have to gather whole for every generate call (run.fsdp=true does that for them)
-ZERO_STAGES = {"sft": (2, 3), "rm": (2, 3), "dpo": (2, 3), "ppo": (2,), "grpo": (2,)}
-
-
-def check_launch(zero_stages: tuple[int, ...], run, stage: str = "this stage") -> DeepSpeedPlan | None:
-    """The DeepSpeed plan of this launch (None without one), refused with a ConfigError for a ZeRO stage the
-    training stage does not run under DeepSpeed (`zero_stages`, of ZERO_STAGES) or next to rlaif's own sharding
-    keys of `run` (RunConfig)."""
+def check_launch(run) -> DeepSpeedPlan | None:
+    """The DeepSpeed plan of this launch (None without one), refused with a ConfigError next to rlaif's own
+    sharding keys of `run` (RunConfig)."""
     from .config import ConfigError
 
     plan = plan_from_env()
     if plan is None:
         return None
-    if plan.stage not in zero_stages:
-        raise ConfigError(f"launcher: accelerate asked for DeepSpeed ZeRO-{plan.stage}, which rlaif does not run "
-                          f"for {stage} (ZeRO-2/3: sft, rm, dpo; ZeRO-2: ppo, grpo); launch ppo or grpo with "
-                          "configs/accelerate/deepspeed-zero2.yaml, or configs/accelerate/multi-gpu.yaml and "
-                          "run.fsdp=true (weights sharded)")
     if run.fsdp or run.shard_optimizer:
         key = "run.fsdp" if run.fsdp else "run.shard_optimizer"
         raise ConfigError(f"config key '{key}': the DeepSpeed launch already shards (ZeRO-{plan.stage}); drop "
@@ -127,17 +117,21 @@ def engine_config(plan: DeepSpeedPlan, max_grad_norm: float, world_size: int) ->
     }
 
 
-def initialize(model: torch.nn.Module, opt: torch.optim.Optimizer, plan: DeepSpeedPlan, max_grad_norm: float):
+def initialize(model: torch.nn.Module, opt: torch.optim.Optimizer, plan: DeepSpeedPlan, max_grad_norm: float,
+               parts: tuple[torch.nn.Module, ...] = ()):
     """Wrap `model` (trained in place: the engine's module is `model` itself) and its AdamW in a DeepSpeed engine;
     returns DeepSpeed's ZeRO optimizer, which stands in for `opt` (its param_groups are `opt`'s, so the stages'
-    learning-rate schedule reaches it). The engine hangs on the model as `model.deepspeed_engine`."""
+    learning-rate schedule reaches it). The engine hangs on the model as `model.deepspeed_engine`, and on each of
+    `parts`: submodules that are called on their own (a policy sampled from, saved, loaded without its value
+    head)."""
     from . import distributed
 
     ds = _deepspeed()
     engine, zero_opt, _, _ = ds.initialize(model=model, optimizer=opt,
                                            config=engine_config(plan, max_grad_norm, distributed.world().size))
-    object.__setattr__(model, "deepspeed_engine", engine)  # a plain attribute, not a submodule (the engine
-    zero_opt.deepspeed_engine = engine  # holds the model: registered as a child it would recurse)
+    for m in (model, *parts):  # a plain attribute, not a submodule (the engine holds the model: registered as
+        object.__setattr__(m, "deepspeed_engine", engine)  # a child it would recurse)
+    zero_opt.deepspeed_engine = engine
     return zero_opt
 
 
@@ -149,6 +143,9 @@ def backward(engine, loss: torch.Tensor, world_size: int) -> None:
     """Our loss (already over the global token count) through DeepSpeed's backward: times N, since DeepSpeed
     divides the reduced gradients by N."""
     engine.backward(loss * world_size, scale_wrt_gas=False)
+    # what the engine's own forward does first: we call the module itself, so after each backward instead.
+    # Without it ZeRO-3 never counts a micro-step and each backward's gradients replace the previous ones.
+    engine.optimizer.clear_backward_seen_flag()
 
 
 def step(engine) -> torch.Tensor:
@@ -243,11 +240,26 @@ def load_optimizer_state(model: torch.nn.Module, zero_opt, saved: dict) -> None:
             if name not in state:
                 raise KeyError(f"checkpoint's optimizer state has no moments for {name}")
             for k in ADAM_MOMENTS:
-                ds.utils.safe_set_full_optimizer_state(p, state[name][k].to(torch.float32), k)
+                if _stage3(p):
+                    _set_partition_of(p, state[name][k], k)
+                else:
+                    ds.utils.safe_set_full_optimizer_state(p, state[name][k].to(torch.float32), k)
             steps.add(float(state[name]["step"]))
     for st in zero_opt.optimizer.state.values():  # one step count for every flat partition
         if steps:
             st["step"].fill_(max(steps))
+
+
+def _set_partition_of(p: torch.nn.Parameter, value: torch.Tensor, key: str) -> None:
+    """ZeRO-3: this process's part of the whole AdamW state `value` of weight `p`. DeepSpeed's own
+    `safe_set_full_optimizer_state` (0.19.8) cuts the partition out of the unpadded tensor, which fails for a
+    weight smaller than the process count (the last process's partition is all padding: a value head's bias)."""
+    z3 = p._z3_optimizer
+    part, _ = z3._get_fp32_opt_state_partition(p, release_swap_buffers=False, optim_state_key=key)
+    start = part.numel() * z3._get_param_partition_rank(p)
+    mine = value.flatten()[start:start + part.numel()].to(part.dtype)
+    part.data.zero_()
+    part.data[:mine.numel()].copy_(mine)
 
 
 def _materialise_adam_state(zero_opt) -> None:
@@ -274,6 +286,33 @@ def _link_fragments(zero_opt) -> None:
         zero_opt._lazy_init_hp_params_optimizer_state()
 
 
+@contextlib.contextmanager
+def gathered_for_generation(model: torch.nn.Module):
+    """ZeRO-3: inside the block `model` (and whatever else its engine trains) is whole in every process and its
+    forward passes gather nothing (DeepSpeed's own `unwrap_model_for_generation`: every weight gathered once, the
+    ZeRO-3 module hooks removed, put back after). `generate` runs a different number of passes in each process,
+    which per-layer gathers could not follow. Anything else: nothing happens."""
+    engine = engine_of(model)
+    if engine is None or not has_partitioned_weights(model):
+        yield
+        return
+    from deepspeed.runtime.zero.stage3 import unwrap_model_for_generation
+
+    with unwrap_model_for_generation(engine):
+        yield
+
+
+@contextlib.contextmanager
+def writable_weights(model: torch.nn.Module):
+    """ZeRO-3: inside the block `model`'s weights are whole, and what the main process writes into them is
+    partitioned to every process on exit. Anything else: nothing happens."""
+    if not has_partitioned_weights(model):
+        yield
+        return
+    with _deepspeed().zero.GatheredParameters(list(model.parameters()), modifier_rank=0):
+        yield
+
+
 def weights_loaded(model: torch.nn.Module) -> None:
     """After weights were loaded into a model DeepSpeed trains: its fp32 master copy (made at initialize) taken
     from them again, or the next step would write the old weights back."""
@@ -286,5 +325,5 @@ def has_partitioned_weights(model: torch.nn.Module | None) -> bool:
     return model is not None and any(_stage3(p) for p in model.parameters())
 
 
-__all__ = ["DeepSpeedPlan", "ZERO_STAGES", "check_launch", "weights_loaded", "plan_from_env", "initialize", "engine_of", "backward", "step", "full_model_state",
+__all__ = ["DeepSpeedPlan", "check_launch", "weights_loaded", "plan_from_env", "initialize", "engine_of", "backward", "step", "full_model_state",
            "optimizer_state", "load_optimizer_state", "local_tensors", "has_partitioned_weights"]

@@ -81,8 +81,7 @@ def check_launcher_env() -> None:
 
     An accelerate config with FSDP or Megatron-LM only sets ACCELERATE_USE_* for the launched script to read;
     rlaif's own loop would ignore them and train whole replicas while the user believes the models are sharded.
-    A DeepSpeed config is read (rlaif.deepspeed_zero: ZeRO-2 for every training stage, ZeRO-3 for sft, rm, dpo)
-    and checked here.
+    A DeepSpeed config is read (rlaif.deepspeed_zero: ZeRO-2/3 for every training stage) and checked here.
     `--mixed_precision` is only warned about: rlaif takes its precision from `run.precision`."""
     from .config import ConfigError
     from .deepspeed_zero import plan_from_env
@@ -217,10 +216,12 @@ def backward(loss: torch.Tensor, model: torch.nn.Module) -> None:
         engine_backward(engine, loss, _WORLD.size)
 
 
-def use_deepspeed(model: torch.nn.Module, opt: torch.optim.Optimizer, max_grad_norm: float):
+def use_deepspeed(model: torch.nn.Module, opt: torch.optim.Optimizer, max_grad_norm: float,
+                  parts: tuple[torch.nn.Module, ...] = ()):
     """`opt` as it is, or, when `accelerate launch` asked for DeepSpeed and there are several processes,
-    DeepSpeed's ZeRO optimizer around `model` and `opt` (rlaif.deepspeed_zero). The stage then goes on calling
-    this module's functions, which route through the engine."""
+    DeepSpeed's ZeRO optimizer around `model` and `opt` (rlaif.deepspeed_zero; `parts`: submodules of `model`
+    also called on their own). The stage then goes on calling this module's functions, which route through the
+    engine."""
     from .deepspeed_zero import initialize, plan_from_env
 
     plan = plan_from_env()
@@ -231,7 +232,7 @@ def use_deepspeed(model: torch.nn.Module, opt: torch.optim.Optimizer, max_grad_n
         return opt
     log.info("DeepSpeed ZeRO stage %d over %d processes (optimizer offload: %s, weight offload: %s)",
              plan.stage, _WORLD.size, plan.offload_optimizer, plan.offload_param)
-    return initialize(model, opt, plan, max_grad_norm)
+    return initialize(model, opt, plan, max_grad_norm, parts)
 
 
 def all_reduce_gradients(model: torch.nn.Module) -> None:
@@ -321,6 +322,12 @@ def gathered_for_generation(model: torch.nn.Module):
     numbers of forward passes (their answers end at different steps), so per-pass gathers would deadlock.
     The price is the full model in each process's memory while sampling, as ZeRO-3 generation has. A model
     that is not sharded: nothing happens."""
+    if _engine(model) is not None:  # DeepSpeed ZeRO-3 (ZeRO-2: whole weights, nothing to do)
+        from .deepspeed_zero import gathered_for_generation as gathered
+
+        with gathered(model):
+            yield
+        return
     if not is_sharded(model):
         yield
         return
@@ -367,7 +374,7 @@ def _full_options():
 def full_model_state(model: torch.nn.Module) -> dict | None:
     """A sharded model's whole state dict on the main process (a collective: every process calls it; the
     others get {}); None for a model that is not sharded (save it as it is)."""
-    if _engine(model) is not None:
+    if holds_partitions(model) and not is_sharded(model):  # DeepSpeed ZeRO-3
         from .deepspeed_zero import full_model_state as gathered
 
         return gathered(model)

@@ -108,12 +108,11 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def setup_run(run: RunConfig, data_parallel: bool = False, fsdp: bool = False,
-              zero_stages: tuple[int, ...] = ()) -> tuple[Path, torch.device]:
+def setup_run(run: RunConfig, data_parallel: bool = False, fsdp: bool = False) -> tuple[Path, torch.device]:
     """The run folder and device; joins the launcher's process group. Stages that do not shard their work
     (`data_parallel=False`) refuse to run in several processes rather than repeat the same work N times;
-    stages that cannot shard their models (`fsdp=False`) refuse run.fsdp, and a DeepSpeed launch of a ZeRO stage
-    not in `zero_stages` (rlaif.deepspeed_zero.ZERO_STAGES) is refused."""
+    stages that cannot shard their models (`fsdp=False`) refuse run.fsdp; a DeepSpeed launch refuses rlaif's
+    own sharding keys beside it."""
     from .config import ConfigError
     from .deepspeed_zero import check_launch
 
@@ -121,7 +120,7 @@ def setup_run(run: RunConfig, data_parallel: bool = False, fsdp: bool = False,
         raise ConfigError("config key 'run.fsdp': this stage trains no model; only rlaif sft, rm, dpo, ppo and "
                           "grpo shard one")
     if data_parallel:  # a one-process stage says so below
-        check_launch(zero_stages, run)
+        check_launch(run)
     if not run.output_dir:
         raise ConfigError("config key 'run.output_dir': empty (the CLI defaults it to runs/<stage>)")
     out = Path(run.output_dir)

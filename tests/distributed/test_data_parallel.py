@@ -40,13 +40,13 @@ def launch(args: list[str], processes: int, tmp_path: Path, timeout: float = 300
            ) -> subprocess.CompletedProcess:
     """`accelerate launch --config_file configs/accelerate/multi-gpu.yaml` (or `config`) of `args` in `processes`
     processes (1: plain python, no launcher); `mode`: a launcher flag (e.g. --use_fsdp) instead of the config
-    file, followed by the launcher flags `extra`."""
+    file; `extra`: more launcher flags."""
     port = str(29500 + (os.getpid() % 2000))  # one rendezvous port per test session
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "MASTER_PORT": port}
     if processes == 1:
         cmd = [sys.executable, *args]
     else:
-        how = (["--config_file", str(config)] if mode is None
+        how = (["--config_file", str(config), *extra] if mode is None
                else [mode, "--num_machines", "1", "--mixed_precision", "no", *extra])
         cmd = [sys.executable, "-m", "accelerate.commands.launch", *how, "--num_processes", str(processes),
                "--main_process_port", port, *args]
@@ -255,18 +255,18 @@ _RL_FSDP = {
 }
 
 
-_DEEPSPEED_ZERO2 = ACCELERATE_CONFIG.parent / "deepspeed-zero2.yaml"
-
-
 @pytest.mark.parametrize(("case", "sharding"), [*((c, "fsdp") for c in _RL_FSDP if "lora" not in c),
-                                                *((c, "deepspeed") for c in ("grpo", "grpo-lora", "ppo-shared",
-                                                                             "ppo-separate"))])
+                                                *((c, "zero2") for c in ("grpo", "grpo-lora", "ppo-shared",
+                                                                         "ppo-separate")),
+                                                *((c, "zero3") for c in ("grpo", "ppo-shared", "ppo-separate"))])
 def test_sharded_policy_in_ppo_and_grpo_equals_replicas_and_resumes(case, sharding, tiny_model_dir, prompts_file,
                                                                     tmp_path):
     """run.fsdp in rlaif grpo / ppo (2 processes): the policy is sharded, gathered whole for sampling and
     sharded again (also with gradient checkpointing); a shared value head and a separate critic stay whole.
-    deepspeed: the shipped deepspeed-zero2.yaml launch, each trained model (the policy with a shared head; a
-    separate critic; a LoRA policy, whose reference is itself with adapters off) in its own ZeRO-2 engine. Against the same 2-process run without sharding (same seeds, so
+    zero2 / zero3: the shipped deepspeed-zero2.yaml / -zero3.yaml launch, each trained model (the policy with a
+    shared head; a separate critic; a LoRA policy, whose reference is itself with adapters off, ZeRO-2 only) in
+    its own engine; under ZeRO-3 the policy is gathered whole for sampling (DeepSpeed's
+    unwrap_model_for_generation) and loaded into its partitions on resume. Against the same 2-process run without sharding (same seeds, so
     the same samples): the same logged figures and final policy; the checkpoint holds the whole policy and its
     AdamW moments keyed by parameter name; a rerun for one more iteration resumes."""
     from safetensors.torch import load_file
@@ -275,13 +275,13 @@ def test_sharded_policy_in_ppo_and_grpo_equals_replicas_and_resumes(case, shardi
     common = [f"{stage}.prompts={prompts_file}", *_RL_FSDP[case]]
     outs = {"replicas": tmp_path / "replicas", "fsdp": tmp_path / "fsdp"}
     flags = ["run.fsdp=true"] if sharding == "fsdp" else []
-    config = _DEEPSPEED_ZERO2 if sharding == "deepspeed" else ACCELERATE_CONFIG
+    config = ACCELERATE_CONFIG if sharding == "fsdp" else ACCELERATE_CONFIG.parent / f"deepspeed-{sharding}.yaml"
     for name, out in outs.items():
         extra, how = (flags, config) if name == "fsdp" else ([], ACCELERATE_CONFIG)
         proc = launch(_cli(stage, out, tiny_model_dir, [*common, f"{stage}.iterations=2", *extra]), 2, tmp_path,
                       config=how)
         assert proc.returncode == 0, proc.stderr[-3000:]
-        assert (sharding == "deepspeed" and name == "fsdp") == ("DeepSpeed ZeRO stage 2" in proc.stderr)
+        assert (sharding != "fsdp" and name == "fsdp") == ("DeepSpeed ZeRO stage" in proc.stderr)
     rows = {name: read_metrics(out) for name, out in outs.items()}
     assert [r["iteration"] for r in rows["fsdp"]] == [1, 2]
     for a, b in zip(rows["replicas"], rows["fsdp"], strict=True):

@@ -6,10 +6,10 @@ model, with the training YAML of one process.
   end with its weights; each process holds less of the trained state; the checkpoint holds the whole model and
   every parameter's AdamW moments keyed by name; a rerun from the step-4 checkpoint ends where the run ended, and
   a 1-process checkpoint resumes under DeepSpeed (and the other way round).
-- ppo and grpo under ZeRO-2: tests/distributed/test_data_parallel.py (against their plain 2-process runs).
-- A DeepSpeed launch of a ZeRO stage a training stage does not run under (ZeRO-3 for ppo), with a sharding key of
-  rlaif's own, with ZeRO stage 1 or with a DeepSpeed JSON of the user's, exits 2 naming what, before anything is
-  written.
+- ppo and grpo under ZeRO-2 and ZeRO-3: tests/distributed/test_data_parallel.py (against their plain 2-process
+  runs).
+- A DeepSpeed launch with a sharding key of rlaif's own, with ZeRO stage 1 or with a DeepSpeed JSON of the user's
+  exits 2 naming what, before anything is written; LoRA under ZeRO-3 exits 2 naming the key.
 """
 
 from __future__ import annotations
@@ -28,10 +28,12 @@ from .test_data_parallel import _cli, _stage_args, launch
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "accelerate"
 
 
-def _run(stage: str, out: Path, args: list[str], processes: int, tmp_path: Path, zero: int | None = None):
+def _run(stage: str, out: Path, args: list[str], processes: int, tmp_path: Path, zero: int | None = None,
+         offload: bool = False):
     config = CONFIGS / f"deepspeed-zero{zero}.yaml" if zero else CONFIGS / "multi-gpu.yaml"
     proc = launch(["-m", "rlaif.cli", stage, f"run.output_dir={out}", "run.progress=false", "run.device=cpu",
-                   "run.keep_checkpoints=2", *args], processes, tmp_path, config=config)
+                   "run.keep_checkpoints=2", *args], processes, tmp_path, config=config,
+                  extra=["--offload_optimizer_device", "cpu"] if offload else [])
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
@@ -55,15 +57,20 @@ def _from_step_4(run: Path, to: Path, folder: str) -> Path:
     return to
 
 
-@pytest.mark.parametrize(("stage", "zero"), [("sft", 2), ("sft", 3), ("rm", 2), ("dpo", 3)])
-def test_deepspeed_training_equals_one_process_and_resumes(stage, zero, tiny_model_dir, tmp_path):
-    """11 rows, 2 held out, 2 x 2 per step, 6 steps: each epoch ends with a 1-row step, where one process runs a
-    zero-weight pass to keep DeepSpeed's per-backward reductions in step."""
+@pytest.mark.parametrize(("stage", "zero", "offload"), [("sft", 2, True), ("sft", 3, False), ("rm", 2, False),
+                                                       ("dpo", 3, False)])
+def test_deepspeed_training_equals_one_process_and_resumes(stage, zero, offload, tiny_model_dir, tmp_path):
+    """11 rows, 2 held out, 4 per step as 4 micro-batches of 1 (2 per process), 6 steps: each epoch ends with a
+    1-row step, where one process runs a zero-weight pass to keep DeepSpeed's per-backward reductions in step.
+    `offload`: the accelerate flag --offload_optimizer_device cpu (DeepSpeed's optimizer offload code path)."""
     args, folder, keys = _stage_args(stage, tiny_model_dir, tmp_path)
+    args += [f"{stage}.micro_batch_size=1", f"{stage}.gradient_accumulation_steps=4"]  # the same 4 rows a step:
+    # two backward passes per process (one in an epoch's last step)
     one, ds = tmp_path / "one", tmp_path / "ds"
     _run(stage, one, args, 1, tmp_path)
-    proc = _run(stage, ds, args, 2, tmp_path, zero)
-    assert f"DeepSpeed ZeRO stage {zero} over 2 processes" in proc.stderr
+    proc = _run(stage, ds, args, 2, tmp_path, zero, offload)
+    assert f"DeepSpeed ZeRO stage {zero} over 2 processes (optimizer offload: {'cpu' if offload else 'none'}" \
+        in proc.stderr
 
     rows1, rows2 = read_metrics(one), read_metrics(ds)
     assert [r["step"] for r in rows1] == [r["step"] for r in rows2] == list(range(7))
@@ -87,7 +94,7 @@ def test_deepspeed_training_equals_one_process_and_resumes(stage, zero, tiny_mod
 
     # a rerun from step 4 under DeepSpeed: moments, RNG and data position restored, the same end
     resumed = _from_step_4(ds, tmp_path / "resumed", folder)
-    proc = _run(stage, resumed, args, 2, tmp_path, zero)
+    proc = _run(stage, resumed, args, 2, tmp_path, zero, offload)
     assert "resumed from" in proc.stderr
     assert _max_diff(_weights(ds, folder), _weights(resumed, folder)) < 1e-6
     if stage == "sft" and zero == 3:  # a 1-process checkpoint resumes under DeepSpeed, and the other way round
@@ -99,18 +106,16 @@ def test_deepspeed_training_equals_one_process_and_resumes(stage, zero, tiny_mod
 
 
 def test_deepspeed_launches_rlaif_does_not_run_exit_2(tiny_model_dir, prompts_file, tmp_path):
-    def refused(args: list[str], message: str, out: Path, **how) -> None:
+    def refused(args: list[str], message: str, out: Path | None, **how) -> None:
         proc = launch(args, 2, tmp_path, **how)
         assert proc.returncode != 0
         assert proc.stderr.count(message) == 2, proc.stderr[-3000:]  # one line per process, each exits 2
         assert "exitcode  : 2" in proc.stderr
-        assert not out.exists()
+        assert out is None or not out.exists()  # refused before anything is written
 
     zero2 = {"config": CONFIGS / "deepspeed-zero2.yaml"}
-    out = tmp_path / "ppo"
-    refused(_cli("ppo", out, tiny_model_dir, [f"ppo.prompts={prompts_file}"]),
-            "accelerate asked for DeepSpeed ZeRO-3, which rlaif does not run for rlaif ppo", out,
-            config=CONFIGS / "deepspeed-zero3.yaml")
+    refused(_cli("grpo", tmp_path / "grpo", tiny_model_dir, [f"grpo.prompts={prompts_file}", "grpo.lora.r=4"]),
+            "config key 'grpo.lora.r': not with DeepSpeed ZeRO-3", None, config=CONFIGS / "deepspeed-zero3.yaml")
     args, _, _ = _stage_args("sft", tiny_model_dir, tmp_path)
     out = tmp_path / "sft"
     sft = ["-m", "rlaif.cli", "sft", f"run.output_dir={out}", "run.progress=false", "run.device=cpu", *args]

@@ -40,7 +40,6 @@ from ..checkpoint import find_resume_checkpoint, load_json, save_checkpoint, sav
 from ..config import ConfigError, check_training_fields, field
 from ..data.preferences import PreferenceRow, load_preference_split
 from ..data.sft import Encoded, SFTRow, collate, encode_row, end_of_turn_ids
-from ..deepspeed_zero import ZERO_STAGES
 from ..metrics import MetricsLogger, read_metrics
 from ..models.loading import disable_dropout, load_causal_lm, load_tokenizer
 from ..optimizer_step import optimizer_step
@@ -316,7 +315,7 @@ def train(run: RunConfig, cfg: DPOConfig, resolved_config: dict | None = None, d
     """
     cfg.validate()
     data = data if data is not None else read_data(cfg, run.seed)  # bad input fails before any output
-    out, device = setup_run(run, data_parallel=True, fsdp=True, zero_stages=ZERO_STAGES["dpo"])
+    out, device = setup_run(run, data_parallel=True, fsdp=True)
     seed_everything(run.seed)
     amp = autocast_for(device, run.precision)
     tokenizer = load_tokenizer(cfg.policy, padding_side="left")  # saved with the policy, ready for generation

@@ -27,7 +27,6 @@ from .. import distributed, ops
 from ..checkpoint import find_resume_checkpoint, save_checkpoint, torch_load
 from ..config import ConfigError, field, require_min
 from ..data.prompts import load_prompts
-from ..deepspeed_zero import ZERO_STAGES
 from ..metrics import MetricsLogger
 from ..models.lora import LoraConfig, check_lora, trainable_parameters
 from ..rewards.sources import check_finite, make_reward_source
@@ -128,7 +127,7 @@ def train(run: RunConfig, cfg: GRPOConfig, resolved_config: dict | None = None) 
     if not cfg.reward.model and not cfg.reward.function and cfg.reward.judge_mode == "off":
         raise ConfigError("config key 'grpo.reward': set grpo.reward.model, grpo.reward.function or "
                           "grpo.reward.judge_mode")
-    out, device = setup_run(run, data_parallel=True, fsdp=True, zero_stages=ZERO_STAGES["grpo"])
+    out, device = setup_run(run, data_parallel=True, fsdp=True)
     check_data_parallel(cfg.prompts_per_iteration, cfg.gradient_accumulation_steps, "grpo", "prompts_per_iteration")
     fsdp = check_fsdp(run, cfg.lora, "grpo")
     seed_everything(run.seed)

@@ -30,7 +30,7 @@ from ..checkpoint import (
 )
 from ..config import ConfigError, field, require_min
 from ..data.prompts import PromptRow, load_prompts
-from ..deepspeed_zero import ZERO_STAGES, weights_loaded
+from ..deepspeed_zero import plan_from_env, weights_loaded, writable_weights
 from ..judges import JudgeConfig, make_judge
 from ..metrics import MetricsLogger
 from ..models.loading import (
@@ -258,6 +258,10 @@ def check_fsdp(run: RunConfig, lora: LoraConfig, stage: str) -> bool:
     if run.fsdp and lora.enabled:
         raise ConfigError(f"config key 'run.fsdp': not with {stage}.lora (LoRA trains a small part of the "
                           "model; use run.shard_optimizer or plain data parallel)")
+    plan = plan_from_env()
+    if plan is not None and plan.stage == 3 and lora.enabled:
+        raise ConfigError(f"config key '{stage}.lora.r': not with DeepSpeed ZeRO-3 (LoRA trains a small part of "
+                          "the model; launch with configs/accelerate/deepspeed-zero2.yaml)")
     return run.fsdp
 
 
@@ -302,7 +306,8 @@ def build_optimizers(models: Models, cfg: PPOConfig, shard_state: bool = False
                                         lr=cfg.value_learning_rate, weight_decay=cfg.weight_decay)
                  if models.value is not None else None)
     # when the launch asked for DeepSpeed (ZeRO-2): each optimizer with its model in an engine
-    opt_policy = distributed.use_deepspeed(models.trained_with_policy(), opt_policy, cfg.max_grad_norm)
+    opt_policy = distributed.use_deepspeed(models.trained_with_policy(), opt_policy, cfg.max_grad_norm,
+                                           parts=(models.policy,))
     if opt_value is not None:
         opt_value = distributed.use_deepspeed(models.value, opt_value, cfg.max_grad_norm)
     return opt_policy, opt_value
@@ -447,7 +452,7 @@ def _write_checkpoint(folder: Path, models: Models, opts, opt_states: dict, mode
         distributed.save_pretrained(model, folder / name, model_states[name])
     torch_save(opt_states, folder / "optimizers.pt")
     if models.value_head is not None:
-        torch_save(models.value_head.state_dict(), folder / "value_head.pt")
+        torch_save(model_states.get("value_head") or models.value_head.state_dict(), folder / "value_head.pt")
     torch_save(rng, folder / "rng.pt")
     save_json(folder / "trainer_state.json", {**state, "kl_controller": kl_ctl.state_dict()})
 
@@ -461,6 +466,8 @@ def save_iteration_checkpoint(out: Path, iteration: int, models: Models, opts, k
     opt_states = {name: distributed.optimizer_state(o, _stepped(models, name))
                   for name, _, o in _trained(models, opts)}
     model_states = {name: distributed.full_model_state(m) for name, m, _ in _trained(models, opts)}
+    if models.value_head is not None:  # gathered under DeepSpeed ZeRO-3 (None: the head is whole)
+        model_states["value_head"] = distributed.full_model_state(models.value_head)
 
     def write(folder: Path) -> None:
         _write_checkpoint(folder, models, opts, opt_states, model_states, kl_ctl, state, rng)
@@ -484,10 +491,11 @@ def _load_weights(model: torch.nn.Module, sd: dict, where: str) -> None:
         result = set_model_state_dict(model, sd, options=StateDictOptions(full_state_dict=True, strict=False))
         missing, unexpected = result.missing_keys, result.unexpected_keys
     else:
-        missing, unexpected = model.load_state_dict(sd, strict=False)
+        with writable_weights(model):  # DeepSpeed ZeRO-3: gathered, then partitioned from the main process's
+            missing, unexpected = model.load_state_dict(sd, strict=False)
     if unexpected or [k for k in missing if "lm_head" not in k]:
         raise RuntimeError(f"checkpoint {where}: missing {missing}, unexpected {unexpected}")
-    if hasattr(model, "tie_weights") and not distributed.is_sharded(model):
+    if hasattr(model, "tie_weights") and not distributed.holds_partitions(model):
         model.tie_weights()
 
 
@@ -519,7 +527,8 @@ def _load_checkpoint(folder: Path, models: Models, opts, kl_ctl, device, stage: 
         _load_weights(model, load_file(str(folder / name / "model.safetensors"), device=str(device)),
                       f"{folder}/{name}")
     if models.value_head is not None:
-        models.value_head.load_state_dict(torch_load(folder / "value_head.pt"))
+        with writable_weights(models.value_head):
+            models.value_head.load_state_dict(torch_load(folder / "value_head.pt"))
     optim = torch_load(folder / "optimizers.pt")
     for name, _, opt in _trained(models, opts):
         weights_loaded(_stepped(models, name))  # DeepSpeed's fp32 master copy from the loaded weights
@@ -592,7 +601,7 @@ def global_view(sc: Scored) -> Scored:
 def train(run: RunConfig, cfg: PPOConfig, resolved_config: dict | None = None) -> Path:
     """Run PPO; returns the folder of the final policy (Hugging Face format)."""
     check_reward_source(cfg)
-    out, device = setup_run(run, data_parallel=True, fsdp=True, zero_stages=ZERO_STAGES["ppo"])
+    out, device = setup_run(run, data_parallel=True, fsdp=True)
     check_data_parallel(cfg.batch_size // cfg.samples_per_prompt, cfg.gradient_accumulation_steps, "ppo",
                         "batch_size")
     fsdp = check_fsdp(run, cfg.lora, "ppo")

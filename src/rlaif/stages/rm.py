@@ -38,7 +38,6 @@ from ..checkpoint import (
 )
 from ..config import ConfigError, check_training_fields, field
 from ..data.preferences import PreferenceRow, load_preference_split
-from ..deepspeed_zero import ZERO_STAGES
 from ..metrics import MetricsLogger
 from ..models.loading import disable_dropout, is_decoder_only, load_sequence_classifier, load_tokenizer
 from ..optimizer_step import optimizer_step
@@ -242,7 +241,7 @@ def train(run: RunConfig, cfg: RMConfig, resolved_config: dict | None = None, da
     cfg.validate()
     data = data if data is not None else read_data(cfg, run.seed)  # bad input fails before any output
     tokenizer = load_tokenizer(cfg.model, padding_side="right")  # as ModelReward loads it
-    out, device = setup_run(run, data_parallel=True, fsdp=True, zero_stages=ZERO_STAGES["rm"])
+    out, device = setup_run(run, data_parallel=True, fsdp=True)
     seed_everything(run.seed)
     amp = autocast_for(device, run.precision)
     batch = cfg.micro_batch_size * cfg.gradient_accumulation_steps

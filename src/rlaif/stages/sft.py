@@ -33,7 +33,6 @@ from ..checkpoint import (
 from ..config import ConfigError, check_training_fields, field
 from ..data.jsonl import DataError
 from ..data.sft import Encoded, collate, encode_rows, load_sft_rows, split_eval
-from ..deepspeed_zero import ZERO_STAGES
 from ..metrics import MetricsLogger
 from ..models.loading import load_causal_lm, load_tokenizer
 from ..optimizer_step import optimizer_step
@@ -234,7 +233,7 @@ def restore_trainer_state(ckpt, opt, stream: BatchStream, total: int, log: loggi
 def train(run: RunConfig, cfg: SFTConfig, resolved_config: dict | None = None) -> Path:
     """Run SFT; returns the folder of the final model (Hugging Face format, with the tokenizer)."""
     cfg.validate()
-    out, device = setup_run(run, data_parallel=True, fsdp=True, zero_stages=ZERO_STAGES["sft"])
+    out, device = setup_run(run, data_parallel=True, fsdp=True)
     seed_everything(run.seed)
     amp = autocast_for(device, run.precision)
     tokenizer = load_tokenizer(cfg.model, padding_side="left")  # saved with the model, ready for generation
