@@ -239,9 +239,6 @@ def test_rlaif_grpo_with_lora_in_two_processes(tiny_model_dir, prompts_file, tmp
 
 
 _RL_FSDP = {
-    "grpo": ["grpo.prompts_per_iteration=2", "grpo.group_size=4", "grpo.micro_batch_size=2",
-             "grpo.gradient_accumulation_steps=4", "grpo.checkpoint_every=1", "grpo.missing_eos=keep",
-             "grpo.learning_rate=1e-4"],
     "grpo-checkpointing": ["grpo.prompts_per_iteration=2", "grpo.group_size=4", "grpo.micro_batch_size=2",
                            "grpo.gradient_accumulation_steps=4", "grpo.checkpoint_every=1", "grpo.missing_eos=keep",
                            "grpo.learning_rate=1e-4", "grpo.gradient_checkpointing=true"],
@@ -255,10 +252,14 @@ _RL_FSDP = {
 }
 
 
-@pytest.mark.parametrize(("case", "sharding"), [*((c, "fsdp") for c in _RL_FSDP if "lora" not in c),
-                                                *((c, "zero2") for c in ("grpo", "grpo-lora", "ppo-shared",
-                                                                         "ppo-separate")),
-                                                *((c, "zero3") for c in ("grpo", "ppo-shared", "ppo-separate"))])
+_REPLICA_RUNS: dict[str, Path] = {}  # case -> its unsharded 2-process run, shared by the sharding variants
+
+
+@pytest.mark.parametrize(("case", "sharding"), [
+    *((c, "fsdp") for c in ("grpo-checkpointing", "ppo-shared", "ppo-separate")),
+    *((c, "zero2") for c in ("grpo-lora", "ppo-shared")),  # ZeRO-2: LoRA; two param groups (policy + shared head)
+    *((c, "zero3") for c in ("ppo-shared", "ppo-separate")),  # ZeRO-3: one engine, and two (policy, critic)
+])
 def test_sharded_policy_in_ppo_and_grpo_equals_replicas_and_resumes(case, sharding, tiny_model_dir, prompts_file,
                                                                     tmp_path):
     """run.fsdp in rlaif grpo / ppo (2 processes): the policy is sharded, gathered whole for sampling and
@@ -273,15 +274,18 @@ def test_sharded_policy_in_ppo_and_grpo_equals_replicas_and_resumes(case, shardi
 
     stage = case.split("-")[0]
     common = [f"{stage}.prompts={prompts_file}", *_RL_FSDP[case]]
-    outs = {"replicas": tmp_path / "replicas", "fsdp": tmp_path / "fsdp"}
+    outs = {"replicas": _REPLICA_RUNS.get(case, tmp_path / "replicas"), "fsdp": tmp_path / "fsdp"}
     flags = ["run.fsdp=true"] if sharding == "fsdp" else []
     config = ACCELERATE_CONFIG if sharding == "fsdp" else ACCELERATE_CONFIG.parent / f"deepspeed-{sharding}.yaml"
     for name, out in outs.items():
+        if name == "replicas" and case in _REPLICA_RUNS:  # run by an earlier variant of this case
+            continue
         extra, how = (flags, config) if name == "fsdp" else ([], ACCELERATE_CONFIG)
         proc = launch(_cli(stage, out, tiny_model_dir, [*common, f"{stage}.iterations=2", *extra]), 2, tmp_path,
                       config=how)
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert (sharding != "fsdp" and name == "fsdp") == ("DeepSpeed ZeRO stage" in proc.stderr)
+    _REPLICA_RUNS[case] = outs["replicas"]
     rows = {name: read_metrics(out) for name, out in outs.items()}
     assert [r["iteration"] for r in rows["fsdp"]] == [1, 2]
     for a, b in zip(rows["replicas"], rows["fsdp"], strict=True):

@@ -4,8 +4,8 @@ model, with the training YAML of one process.
 
 - `rlaif sft`, `rlaif rm` and `rlaif dpo` under ZeRO-2 / ZeRO-3 log the figures of the same run in one process and
   end with its weights; each process holds less of the trained state; the checkpoint holds the whole model and
-  every parameter's AdamW moments keyed by name; a rerun from the step-4 checkpoint ends where the run ended, and
-  a 1-process checkpoint resumes under DeepSpeed (and the other way round).
+  every parameter's AdamW moments keyed by name; for sft, a rerun from the step-4 checkpoint ends where the run
+  ended, and a 1-process checkpoint resumes under DeepSpeed (and the other way round).
 - ppo and grpo under ZeRO-2 and ZeRO-3: tests/distributed/test_data_parallel.py (against their plain 2-process
   runs).
 - A DeepSpeed launch with a sharding key of rlaif's own, with ZeRO stage 1 or with a DeepSpeed JSON of the user's
@@ -57,6 +57,9 @@ def _from_step_4(run: Path, to: Path, folder: str) -> Path:
     return to
 
 
+_ONE_PROCESS_RUNS: dict[str, Path] = {}  # stage -> its 1-process run (the same arguments in every case)
+
+
 @pytest.mark.parametrize(("stage", "zero", "offload"), [("sft", 2, True), ("sft", 3, False), ("rm", 2, False),
                                                        ("dpo", 3, False)])
 def test_deepspeed_training_equals_one_process_and_resumes(stage, zero, offload, tiny_model_dir, tmp_path):
@@ -66,8 +69,10 @@ def test_deepspeed_training_equals_one_process_and_resumes(stage, zero, offload,
     args, folder, keys = _stage_args(stage, tiny_model_dir, tmp_path)
     args += [f"{stage}.micro_batch_size=1", f"{stage}.gradient_accumulation_steps=4"]  # the same 4 rows a step:
     # two backward passes per process (one in an epoch's last step)
-    one, ds = tmp_path / "one", tmp_path / "ds"
-    _run(stage, one, args, 1, tmp_path)
+    one, ds = _ONE_PROCESS_RUNS.get(stage, tmp_path / "one"), tmp_path / "ds"
+    if stage not in _ONE_PROCESS_RUNS:
+        _run(stage, one, args, 1, tmp_path)
+        _ONE_PROCESS_RUNS[stage] = one
     proc = _run(stage, ds, args, 2, tmp_path, zero, offload)
     assert f"DeepSpeed ZeRO stage {zero} over 2 processes (optimizer offload: {'cpu' if offload else 'none'}" \
         in proc.stderr
@@ -92,6 +97,8 @@ def test_deepspeed_training_equals_one_process_and_resumes(stage, zero, offload,
     saved = _weights(ckpt6, "model")
     assert _max_diff(saved, {k: v for k, v in _weights(ds, folder).items() if k in saved}) == 0
 
+    if stage != "sft":  # resuming is the same code in rm and dpo (sft.restore_trainer_state)
+        return
     # a rerun from step 4 under DeepSpeed: moments, RNG and data position restored, the same end
     resumed = _from_step_4(ds, tmp_path / "resumed", folder)
     proc = _run(stage, resumed, args, 2, tmp_path, zero, offload)
