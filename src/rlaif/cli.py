@@ -145,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(f"run stopped: {e} (the last checkpoint is kept; no NaN weights were written)", 1)
     except KeyboardInterrupt:
         return _fail("interrupted; rerun the same command to resume from the last checkpoint", 130)
+    finally:
+        distributed.shutdown()
 
 
 def _run_pipeline(args, cfg) -> int:

@@ -73,6 +73,19 @@ def init_from_env(device_choice: str = "auto") -> World:
     return _WORLD
 
 
+def shutdown() -> None:
+    """Leave the process group at the end of a run (a no-op with one process). A gloo group left for the
+    interpreter's exit to tear down can abort the process while its threads still run ("terminate called without
+    an active exception", exit -6): seen once in CI after an FSDP run had written everything."""
+    global _WORLD
+    if _WORLD.enabled:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        _WORLD = World()
+
+
 LAUNCHER_PLUGINS = {"ACCELERATE_USE_FSDP": "FSDP", "ACCELERATE_USE_MEGATRON_LM": "Megatron-LM"}
 
 
