@@ -155,14 +155,15 @@ def step(engine) -> torch.Tensor:
     return torch.as_tensor(float("nan") if norm is None else float(norm))
 
 
-def _stage3(p: torch.Tensor) -> bool:
+def is_partitioned(p: torch.Tensor) -> bool:
+    """A weight partitioned by ZeRO-3: the tensor itself is empty, this process's part is `p.ds_tensor`."""
     return hasattr(p, "ds_id")
 
 
 def local_tensors(model: torch.nn.Module, zero_opt) -> list[torch.Tensor]:
     """The tensors this process holds of `model` and its ZeRO optimizer: weights (their partitions under ZeRO-3),
     fp32 master partitions and AdamW moments."""
-    out = [p.ds_tensor if _stage3(p) else p.detach() for p in model.parameters()]
+    out = [p.ds_tensor if is_partitioned(p) else p.detach() for p in model.parameters()]
     out += [p.detach() for p in _flat_partitions(zero_opt)]
     out += [t for st in zero_opt.optimizer.state.values() for t in st.values() if torch.is_tensor(t)]
     return out
@@ -174,7 +175,7 @@ def full_model_state(model: torch.nn.Module) -> dict | None:
     None under ZeRO-2, where every process holds the whole weights."""
     from . import distributed
 
-    if not any(_stage3(p) for p in model.parameters()):
+    if not any(is_partitioned(p) for p in model.parameters()):
         return None
     ds = _deepspeed()
     with ds.zero.GatheredParameters(list(model.parameters()), modifier_rank=None):
@@ -240,7 +241,7 @@ def load_optimizer_state(model: torch.nn.Module, zero_opt, saved: dict) -> None:
             if name not in state:
                 raise KeyError(f"checkpoint's optimizer state has no moments for {name}")
             for k in ADAM_MOMENTS:
-                if _stage3(p):
+                if is_partitioned(p):
                     _set_partition_of(p, state[name][k], k)
                 else:
                     ds.utils.safe_set_full_optimizer_state(p, state[name][k].to(torch.float32), k)
@@ -322,8 +323,8 @@ def weights_loaded(model: torch.nn.Module) -> None:
 
 
 def has_partitioned_weights(model: torch.nn.Module | None) -> bool:
-    return model is not None and any(_stage3(p) for p in model.parameters())
+    return model is not None and any(is_partitioned(p) for p in model.parameters())
 
 
-__all__ = ["DeepSpeedPlan", "check_launch", "weights_loaded", "plan_from_env", "initialize", "engine_of", "backward", "step", "full_model_state",
+__all__ = ["DeepSpeedPlan", "check_launch", "is_partitioned", "weights_loaded", "plan_from_env", "initialize", "engine_of", "backward", "step", "full_model_state",
            "optimizer_state", "load_optimizer_state", "local_tensors", "has_partitioned_weights"]

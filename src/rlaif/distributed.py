@@ -20,6 +20,9 @@ from dataclasses import dataclass
 
 import torch
 
+from .deepspeed_zero import engine_of as _engine
+from .deepspeed_zero import has_partitioned_weights, is_partitioned
+
 log = logging.getLogger("rlaif.distributed")
 
 
@@ -94,12 +97,9 @@ def check_launcher_env() -> None:
 
     An accelerate config with FSDP or Megatron-LM only sets ACCELERATE_USE_* for the launched script to read;
     rlaif's own loop would ignore them and train whole replicas while the user believes the models are sharded.
-    A DeepSpeed config is read (rlaif.deepspeed_zero: ZeRO-2/3 for every training stage) and checked here.
+    A DeepSpeed config is read (rlaif.deepspeed_zero; its checks are `check_launch`).
     `--mixed_precision` is only warned about: rlaif takes its precision from `run.precision`."""
     from .config import ConfigError
-    from .deepspeed_zero import plan_from_env
-
-    plan_from_env()  # a DeepSpeed launch asking for what rlaif does not do stops here
 
     for var, what in LAUNCHER_PLUGINS.items():
         if os.environ.get(var, "").lower() in ("1", "true", "yes"):
@@ -304,20 +304,10 @@ def _is_dtensor(t: torch.Tensor) -> bool:
     return hasattr(t, "to_local") and hasattr(t, "device_mesh")
 
 
-def _engine(model: torch.nn.Module | None):
-    """The DeepSpeed engine that trains `model` (rlaif.deepspeed_zero), or None."""
-    return getattr(model, "deepspeed_engine", None) if model is not None else None
-
-
-def _partitioned(t: torch.Tensor) -> bool:
-    """A weight partitioned by DeepSpeed ZeRO-3: the tensor itself is empty, this process's part is ds_tensor."""
-    return hasattr(t, "ds_id")
-
-
 def holds_partitions(model: torch.nn.Module | None) -> bool:
     """Whether each process holds only part of `model`'s weights (FSDP or DeepSpeed ZeRO-3): checks over its
     weights must then be combined over processes."""
-    return is_sharded(model) or (model is not None and any(_partitioned(p) for p in model.parameters()))
+    return is_sharded(model) or has_partitioned_weights(model)
 
 
 def is_sharded(model: torch.nn.Module | None) -> bool:
@@ -373,7 +363,7 @@ def reshard(model: torch.nn.Module) -> None:
 def local(t: torch.Tensor) -> torch.Tensor:
     """This process's shard of a sharded (DTensor, or DeepSpeed ZeRO-3) parameter or gradient; any other tensor
     as it is."""
-    if _partitioned(t):
+    if is_partitioned(t):
         return t.ds_tensor
     return t.to_local() if hasattr(t, "to_local") else t
 
@@ -387,7 +377,7 @@ def _full_options():
 def full_model_state(model: torch.nn.Module) -> dict | None:
     """A sharded model's whole state dict on the main process (a collective: every process calls it; the
     others get {}); None for a model that is not sharded (save it as it is)."""
-    if holds_partitions(model) and not is_sharded(model):  # DeepSpeed ZeRO-3
+    if has_partitioned_weights(model):  # DeepSpeed ZeRO-3
         from .deepspeed_zero import full_model_state as gathered
 
         return gathered(model)
@@ -521,7 +511,7 @@ def parameter_fingerprint(model: torch.nn.Module) -> torch.Tensor:
     with torch.no_grad():
         rows = [torch.stack([p.sum(dtype=torch.float64), torch.linalg.vector_norm(p, dtype=torch.float64),
                              p.reshape(-1)[0].double()])
-                for p in model.parameters() if p.requires_grad and not _is_dtensor(p) and not _partitioned(p)]
+                for p in model.parameters() if p.requires_grad and not _is_dtensor(p) and not is_partitioned(p)]
     return torch.stack(rows).cpu() if rows else torch.zeros(0, 3, dtype=torch.float64)
 
 

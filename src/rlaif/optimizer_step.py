@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 
 from . import distributed
+from .deepspeed_zero import engine_of
+from .deepspeed_zero import step as engine_step
 from .finite import check_finite_weights
 
 
@@ -17,11 +19,9 @@ def optimizer_step(opt, model: torch.nn.Module, max_norm: float, what: str) -> f
 
     Under DeepSpeed (`distributed.use_deepspeed`) steps 1-4 are the engine's `step()`, which skips the update
     on a non-finite norm."""
-    engine = getattr(model, "deepspeed_engine", None)
+    engine = engine_of(model)
     if engine is not None:
-        from .deepspeed_zero import step
-
-        norm = step(engine)
+        norm = engine_step(engine)
     else:
         distributed.all_reduce_gradients(model)
         norm = distributed.clip_grad_norm(model, max_norm)
