@@ -7,6 +7,7 @@
     audit/audit.json        (the label judge measured on the gold set; shown in the report)
     label/preferences.jsonl -> rm.data, dpo.data
     rm/model                -> ppo.reward.model, grpo.reward.model, eval.reward_models
+    eval.judge              -> ppo.validation.judge, grpo.validation.judge (the held-out signal in training)
     <algorithm>/policy      -> eval.policy         (folders ppo/, dpo/ or grpo/)
     eval/eval.json          -> report.html + summary.json at the top of the run folder
                                (eval-dpo/, eval-grpo/ for the other algorithms, so all three can sit side by side)
@@ -79,9 +80,9 @@ def wire(cfg, root: Path):
     label = r(cfg.label, policy=policy, output="")
     audit = r(cfg.judge_audit, judge=cfg.label.judge)
     rm = r(cfg.rm, data=labels) if "label" in stages else cfg.rm
-    ppo = r(cfg.ppo, policy=policy,
+    ppo = r(cfg.ppo, policy=policy, validation=r(cfg.ppo.validation, judge=cfg.eval.judge),
             reward=r(cfg.ppo.reward, model=[rm_model]) if "rm" in stages else cfg.ppo.reward)
-    grpo = r(cfg.grpo, policy=policy,
+    grpo = r(cfg.grpo, policy=policy, validation=r(cfg.grpo.validation, judge=cfg.eval.judge),
              reward=r(cfg.grpo.reward, model=[rm_model]) if "rm" in stages else cfg.grpo.reward)
     dpo = r(cfg.dpo, policy=policy, data=labels if "label" in stages else cfg.dpo.data)
     ev = r(cfg.eval, policy=str(root / algo / "policy") if "align" in stages else cfg.eval.policy,

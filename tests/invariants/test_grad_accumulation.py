@@ -85,6 +85,12 @@ def test_micro_batching_does_not_change_the_update(tmp_path, eos_model_dir, prom
     # (entropy / clipfrac / approx_kl are means of per-micro-batch means, so they are not compared here)
     for key in ("policy_loss", "value_loss"):
         torch.testing.assert_close(small["metrics"][key], big["metrics"][key], atol=1e-5, rtol=1e-4)
+    # the gradients themselves, not only the weights after one Adam step (Adam divides by the gradient's scale,
+    # so weights alone cannot see a gradient that is off by a constant factor, e.g. a per-micro-batch mean
+    # over 4 micro-batches summed instead of averaged); clipping is off (max_grad_norm 1000), these are raw
+    for key in ("policy_grad_norm", "value_grad_norm"):
+        assert big["metrics"][key] > 1e-3, key
+        torch.testing.assert_close(small["metrics"][key], big["metrics"][key], atol=1e-6, rtol=1e-4)
 
     for which in ("policy", "value"):
         a = dict(getattr(big["models"], which).named_parameters())

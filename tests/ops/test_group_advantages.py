@@ -78,3 +78,19 @@ def test_loop_equals_vectorised():
             others = group[:i] + group[i + 1:]
             assert grpo[4 * k + i].item() == pytest.approx((r - mean) / (std + 1e-4), rel=1e-12)
             assert rloo[4 * k + i].item() == pytest.approx(r - statistics.mean(others), rel=1e-12, abs=1e-12)
+
+
+def test_centre_within_groups_uses_only_valid_rows():
+    from rlaif.ops import centre_within_groups
+
+    # group 0: [1.0 valid, 5.0 dropped] -> the valid mean is 1.0: [0, 0] (averaging in the dropped 5.0 gave the
+    # only trainable answer 1 - 3 = -2); group 1: [2, 4] both valid -> mean 3: [-1, +1];
+    # group 2: nothing valid -> [0, 0]
+    scores = torch.tensor([1.0, 5.0, 2.0, 4.0, 7.0, 9.0])
+    valid = torch.tensor([True, False, True, True, False, False])
+    assert centre_within_groups(scores, 2, valid).tolist() == [0.0, 0.0, -1.0, 1.0, 0.0, 0.0]
+    # without a mask every row counts: group means 3, 3, 8
+    assert centre_within_groups(scores, 2).tolist() == [-2.0, 2.0, -1.0, 1.0, -1.0, 1.0]
+    # groups of 3 with one dropped: [3 valid, 0 dropped, 6 valid] -> mean 4.5 -> [-1.5, 0, 1.5]
+    out = centre_within_groups(torch.tensor([3.0, 0.0, 6.0]), 3, torch.tensor([True, False, True]))
+    assert out.tolist() == [-1.5, 0.0, 1.5]

@@ -41,6 +41,8 @@ def test_policy_loss_hand_value_grad_and_stats():
     assert_close(stats["approx_kl"], torch.tensor(akl))
     assert_close(stats["ratio_mean"], torch.tensor(4.6 / 5))  # (1 + 1.5 + 0.5 + 1.1 + 0.5)/5 = 0.92
     assert_close(stats["ratio_max"], torch.tensor(1.5))
+    # max |r - 1| over real tokens: |1-1|, |1.5-1|, |0.5-1|, |1.1-1|, |0.5-1| -> 0.5 (the NaN pad is ignored)
+    assert_close(stats["ratio_dev_max"], torch.tensor(0.5))
     for v in stats.values():
         assert v.dim() == 0 and not v.requires_grad
 

@@ -29,19 +29,23 @@ def test_bradley_terry_soft_labels_with_per_row_margin_hand():
     rejected = torch.tensor([0.0, 1.0])
     margin = torch.tensor([0.5, -0.5])
     p = torch.tensor([0.7, 0.4])
-    # row 0: d = 1.0 - 0.0 - 0.5 = 0.5
-    #   -logsigmoid(0.5) = log(1 + e^-0.5) = 0.4740770 ; -logsigmoid(-0.5) = log(1 + e^0.5) = 0.9740770
-    #   0.7 * 0.4740770 + 0.3 * 0.9740770 = 0.3318539 + 0.2922231 = 0.6240770
-    # row 1: d = 0.5 - 1.0 + 0.5 = 0 -> log 2 = 0.6931472 whatever p
-    # mean = (0.6240770 + 0.6931472) / 2 = 0.6586121
+    # soft labels scale the margin by the label's confidence 2p - 1: d = chosen - rejected - margin * (2p - 1)
+    # row 0: d = 1.0 - 0.0 - 0.5 * 0.4 = 0.8
+    #   -logsigmoid(0.8) = log(1 + e^-0.8) = 0.3711318 ; -logsigmoid(-0.8) = log(1 + e^0.8) = 1.1711318
+    #   0.7 * 0.3711318 + 0.3 * 1.1711318 = 0.2597923 + 0.3513395 = 0.6111318 (0.6111007 unrounded)
+    # row 1: d = 0.5 - 1.0 - (-0.5) * (-0.2) = -0.6
+    #   -logsigmoid(-0.6) = 1.0374879 ; -logsigmoid(0.6) = 0.4374879 ; 0.4 * 1.0374879 + 0.6 * 0.4374879 = 0.677488
+    # mean = (0.6111007 + 0.677488) / 2 = 0.6442943
     loss = bradley_terry_loss(chosen, rejected, margin=margin, label_prob=p)
-    assert_close(loss, torch.tensor(0.6586121))
-    row0 = 0.7 * math.log1p(math.exp(-0.5)) + 0.3 * math.log1p(math.exp(0.5))
-    assert_close(loss, torch.tensor((row0 + math.log(2)) / 2))
+    assert_close(loss, torch.tensor(0.6442943))
+    row0 = 0.7 * math.log1p(math.exp(-0.8)) + 0.3 * math.log1p(math.exp(0.8))
+    row1 = 0.4 * math.log1p(math.exp(0.6)) + 0.6 * math.log1p(math.exp(-0.6))
+    assert_close(loss, torch.tensor((row0 + row1) / 2))
     loss.backward()
     # d loss_i / d d_i = sigmoid(d_i) - p_i, divided by b = 2:
-    # row 0: (sigmoid(0.5) - 0.7) / 2 = (0.6224593 - 0.7) / 2 = -0.0387704 ; row 1: (0.5 - 0.4) / 2 = 0.05
-    assert_close(chosen.grad, torch.tensor([-0.0387704, 0.05]))
+    # row 0: (sigmoid(0.8) - 0.7) / 2 = (0.6899745 - 0.7) / 2 = -0.0050128
+    # row 1: (sigmoid(-0.6) - 0.4) / 2 = (0.3543437 - 0.4) / 2 = -0.0228282
+    assert_close(chosen.grad, torch.tensor([-0.0050128, -0.0228282]))
 
 
 def test_bradley_terry_margin_is_a_shift_of_the_difference():
@@ -50,12 +54,20 @@ def test_bradley_terry_margin_is_a_shift_of_the_difference():
     # -logsigmoid = [log(1 + e^-1), log(1 + e^2)] = [0.3132617, 2.1269280] ; mean 1.2200948
     assert_close(bradley_terry_loss(chosen, rejected, margin=1.0), torch.tensor(1.2200948))
     assert_close(bradley_terry_loss(chosen, rejected, margin=1.0), bradley_terry_loss(chosen - 1.0, rejected))
-    # soft label p = 0.5 with d = 0: log 2 ; its gradient sigmoid(0) - 0.5 = 0 (a tie is already fit)
-    c = torch.tensor([2.0], requires_grad=True)
+    # a tie (p = 0.5) with margin 1 is fit at EQUAL rewards: the margin scales by 2p - 1 = 0, d = 0, loss log 2,
+    # gradient sigmoid(0) - 0.5 = 0. (Unscaled, the minimiser was chosen - rejected = 1: ties pushed apart.)
+    c = torch.tensor([1.0], requires_grad=True)
     tie = bradley_terry_loss(c, torch.tensor([1.0]), margin=torch.tensor([1.0]), label_prob=torch.tensor([0.5]))
     assert_close(tie, torch.tensor(math.log(2)))
     tie.backward()
     assert_close(c.grad, torch.tensor([0.0]))
+    # ... and rewards 1 apart are not a fit for a tie: d = 1, gradient sigmoid(1) - 0.5 = 0.2310586 > 0
+    c = torch.tensor([2.0], requires_grad=True)
+    bradley_terry_loss(c, torch.tensor([1.0]), margin=torch.tensor([1.0]), label_prob=torch.tensor([0.5])).backward()
+    assert_close(c.grad, torch.tensor([0.2310586]))
+    # p = 1 keeps the whole margin: the same as the hard-label loss
+    assert_close(bradley_terry_loss(chosen, rejected, margin=1.0, label_prob=torch.tensor([1.0, 1.0])),
+                 bradley_terry_loss(chosen, rejected, margin=1.0))
 
 
 def test_pairwise_stats_hand():

@@ -30,3 +30,19 @@ def shorter_wins_first_biased(prompts: list[str], firsts: list[str], seconds: li
         p = 0.8 if len(f) < len(s) else 0.2 if len(f) > len(s) else 0.5
         out.append(min(1.0, p + 0.1))
     return out
+
+
+def recording_length_reward(prompts: list[str], responses: list[str]) -> list[float]:
+    """length_reward that also appends every question it scores to the file $RLAIF_TEST_SEEN (one JSON line per
+    call), to see what a stage scored."""
+    import json
+    import os
+
+    with open(os.environ["RLAIF_TEST_SEEN"], "a", encoding="utf-8") as f:
+        f.write(json.dumps(list(prompts)) + "\n")
+    return [len(r) / 10.0 for r in responses]
+
+
+def longer_wins(prompts: list[str], firsts: list[str], seconds: list[str]) -> list[float]:
+    """A pairwise judge: P(first better) = 0.9 for the longer answer, 0.1 for the shorter, 0.5 on equal length."""
+    return [0.9 if len(f) > len(s) else 0.1 if len(f) < len(s) else 0.5 for f, s in zip(firsts, seconds)]

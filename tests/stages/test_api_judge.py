@@ -47,6 +47,8 @@ class ScriptedServer:
         self.faults: list[str] = []
         self.logprobs = True  # False: ignore the logprobs request (content only)
         self.verdict: Callable[[dict], str] | None = None  # content override for verdict requests
+        # a whole completion instead: body -> (content, [(emitted token, [(alternative, p), ...]), ...])
+        self.positions: Callable[[dict], tuple[str, list[tuple[str, list[tuple[str, float]]]]]] | None = None
         self.retry_after: dict[str, str] = {"Retry-After": "30"}
         self.stall_s = 2.5  # past the client timeout of the stall test (1 s)
         self.calls: list[dict] = []
@@ -109,7 +111,11 @@ class ScriptedServer:
                 if c["body"] is body:
                     c["usage"] = usage
         logprobs = None
-        if body.get("logprobs") and self.logprobs and top is not None:
+        if self.positions is not None and COT_MARK not in messages[-1]["content"]:
+            content, positions = self.positions(body)
+            logprobs = {"content": [{"token": e, "logprob": math.log(dict(alts)[e]), "top_logprobs": [
+                {"token": t, "logprob": math.log(p)} for t, p in alts]} for e, alts in positions]}
+        elif body.get("logprobs") and self.logprobs and top is not None:
             alts = [{"token": t, "logprob": math.log(p), "bytes": None} for t, p in top]
             logprobs = {"content": [{**alts[0], "top_logprobs": alts[:body.get("top_logprobs") or 0]}],
                         "refusal": None}
@@ -211,9 +217,29 @@ def test_soft_label_from_top_logprobs_with_tokens_and_cost(server, tmp_path):
 
 def test_label_probs_and_completion_parsing():
     top = [[("<<<", -0.1), ("A", math.log(0.01))], [("B", math.log(0.3)), (" A", math.log(0.1))]]
-    assert label_probs(top, ["A", "B"]) == pytest.approx([0.01, 0.0])  # the first position holding a label
-    assert label_probs(top, ["A", "B"], min_mass=0.05) is None  # too little mass there: not a soft label
+    # read where the verdict token is emitted (position 1: "B"), not where an alternative merely holds a label
+    assert label_probs(top, ["A", "B"]) == pytest.approx([0.1, 0.3])
+    assert label_probs(top, ["A", "B"], tokens=["<<<", "B"]) == pytest.approx([0.1, 0.3])
+    assert label_probs(top, ["A", "B"], min_mass=0.5) is None  # too little mass there: not a soft label
     assert label_probs([[("The", -0.1)]], ["A", "B"]) is None and label_probs(None, ["A", "B"]) is None
+    # "**A**": position 0 emits "**" (0.97) with B 0.02 / A 0.01 among its alternatives; position 1 emits "A"
+    # (0.999). The verdict is A, P(first) ~ 1 -- reading position 0 gave 0.33 and flipped it
+    bold = [[("**", math.log(0.97)), ("B", math.log(0.02)), ("A", math.log(0.01))],
+            [("A", math.log(0.999)), ("B", math.log(0.0005))], [("**", math.log(0.99))]]
+    p = label_probs(bold, ["A", "B"], tokens=["**", "A", "**"])
+    assert p[0] / sum(p) == pytest.approx(0.999 / 0.9995)
+    # "Answer: A": "Answer" and ":" before the verdict; without emitted tokens the top alternative stands in
+    answer = [[("Answer", math.log(0.9)), ("B", math.log(0.04)), ("A", math.log(0.02))], [(":", math.log(0.99))],
+              [(" A", math.log(0.95)), (" B", math.log(0.04))]]
+    p = label_probs(answer, ["A", "B"])
+    assert p == pytest.approx([0.95, 0.04]) and p[0] / sum(p) > 0.95
+    # the emitted tokens come back from both response formats
+    comp = parse_completion(json.dumps({"choices": [{"message": {"content": "**A**"}, "logprobs": {"content": [
+        {"token": t, "logprob": math.log(q), "top_logprobs": [{"token": a, "logprob": lp} for a, lp in alts]}
+        for t, q, alts in zip(["**", "A", "**"], [0.97, 0.999, 0.99], bold)]}}]}))
+    assert comp.tokens == ["**", "A", "**"]
+    p = label_probs(comp.top, ["A", "B"], tokens=comp.tokens)
+    assert p[0] > p[1]
     comp = parse_completion(json.dumps({"choices": [{"message": {"content": "B"}, "logprobs": {
         "content": [{"token": "B", "logprob": -0.2, "top_logprobs": []}]}}], "usage": {"prompt_tokens": 5}}))
     assert comp.content == "B" and comp.top == [[("B", -0.2)]] and comp.prompt_tokens == 5
@@ -229,6 +255,28 @@ def test_label_probs_and_completion_parsing():
                 "[1, 2]"):
         with pytest.raises(ValueError):
             parse_completion(bad)
+
+
+def test_soft_label_read_at_the_verdict_token_with_a_mass_floor(server, tmp_path):
+    """The judge writes "**A**": position 0 emits "**" with B 0.02 / A 0.01 among its alternatives, position 1
+    emits the verdict. Reading position 0 gave P(first) = 0.33 and flipped the verdict; the label now comes from
+    the emitted "A". Below min_label_mass at the verdict position the strict parser decides instead."""
+    verdict_p = {"A": 0.999}
+
+    def bold(body):
+        return "**A**", [("**", [("**", 0.97), ("B", 0.02), ("A", 0.01)]),
+                         ("A", [("A", verdict_p["A"]), ("B", 0.0005)]), ("**", [("**", 0.99)])]
+
+    server.positions = bold
+    j = make(server, tmp_path, cache=False)
+    call = j.prob_first_better(["Q?"], ["x"], ["y"])[0]
+    assert call.source == "logprobs" and call.prob == pytest.approx(0.999 / 0.9995)
+    assert call.label_mass == pytest.approx(0.9995)
+    verdict_p["A"] = 0.01  # the emitted verdict holds 1 % + 0.05 %: under the 0.05 default floor
+    call = make(server, tmp_path, cache=False).prob_first_better(["Q?"], ["x"], ["y"])[0]
+    assert call.source == "verdict" and call.prob == 1.0  # "**A**" parsed
+    call = make(server, tmp_path, cache=False, min_label_mass=0.001).prob_first_better(["Q?"], ["x"], ["y"])[0]
+    assert call.source == "logprobs" and call.prob == pytest.approx(0.01 / 0.0105)
 
 
 # --- retries ------------------------------------------------------------------------------------------------
@@ -439,9 +487,11 @@ def test_chain_of_thought_asks_for_a_rationale_then_the_label(server, tmp_path):
 
 
 def test_local_judge_chain_of_thought(tiny_model_dir):
-    plain = make_judge(JudgeConfig(backend="local", model=tiny_model_dir, batch_size=2))
+    # a random tiny model spreads its mass over the whole vocabulary: no floor on the labels' share
+    floor = {"min_label_mass": 0.0}
+    plain = make_judge(JudgeConfig(backend="local", model=tiny_model_dir, batch_size=2, **floor))
     cot = make_judge(JudgeConfig(backend="local", model=tiny_model_dir, batch_size=2, chain_of_thought=True,
-                                 max_cot_tokens=4))
+                                 max_cot_tokens=4, **floor))
     args = (["q1", "q2"], ["a", "b"], ["x", "y"])
     p, c = plain.prob_first_better(*args), cot.prob_first_better(*args)
     assert all(0.0 < x.prob < 1.0 and not x.parse_failed for x in c)

@@ -41,12 +41,20 @@ def test_unknown_key_exits_2_naming_it(capsys):
     ("run.progress=maybe", "run.progress"),
     ("ppo.generation.max_new_tokens=[1, 2]", "ppo.generation.max_new_tokens"),
     ("ppo.batch_size=6", "ppo.batch_size"),  # not a multiple of micro x accumulation
+    ("ppo.generation.top_p=0.9", "ppo.generation.top_p"),  # samples a nucleus, scores the full softmax
+    ("ppo.validation.every=0", "ppo.validation.every"),
 ])
 def test_wrong_value_exits_2_naming_the_key(capsys, override, key):
     assert cli_main(["ppo", override, f"ppo.reward.function={REWARDS}:constant_one"]) == 2
     lines = _error_lines(capsys)
     assert len(lines) == 1, lines
     assert f"'{key}'" in lines[0]
+
+
+def test_grpo_nucleus_sampling_is_refused_as_off_policy(capsys):
+    assert cli_main(["grpo", "grpo.generation.top_p=0.95", f"grpo.reward.function={REWARDS}:constant_one"]) == 2
+    lines = _error_lines(capsys)
+    assert len(lines) == 1 and "'grpo.generation.top_p'" in lines[0] and "off-policy" in lines[0]
 
 
 def test_missing_reward_is_a_config_error(capsys):

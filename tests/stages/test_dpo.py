@@ -153,6 +153,26 @@ def test_second_run_reuses_the_reference_cache(tmp_path, tiny_model_dir, prefs_f
     assert rows[0]["eval_rewards_chosen"] != 0.0  # the policy is no longer its own reference
 
 
+def test_reference_retrained_in_place_is_scored_again(tmp_path, tiny_model_dir, prefs_file):
+    """The cache is keyed on the reference's weights, not its name: new weights in the same folder must not
+    reuse the old log-probabilities."""
+    import shutil
+
+    ref = tmp_path / "ref"
+    shutil.copytree(tiny_model_dir, ref)
+    out = tmp_path / "run"
+    args = ("dpo.eval_fraction=0.25", "dpo.max_steps=1", "run.resume=never", f"dpo.reference={ref}")
+    _, _, first = _train(out, tiny_model_dir, prefs_file, *args)
+    _, _, again = _train(out, tiny_model_dir, prefs_file, *args)
+    assert first["reference_logps"]["cache"] == "computed" and again["reference_logps"]["cache"] == "reused"
+    trained = tmp_path / "trained"
+    _train(trained, tiny_model_dir, prefs_file, "dpo.max_steps=1")
+    shutil.copy(trained / "policy" / "model.safetensors", ref / "model.safetensors")  # retrained in place
+    rows, _, after = _train(out, tiny_model_dir, prefs_file, *args)
+    assert after["reference_logps"]["cache"] == "computed"
+    assert rows[0]["eval_rewards_chosen"] != 0.0  # scored against the new weights, not the policy's copy
+
+
 # ---------------------------------------------------------------- soft labels
 
 

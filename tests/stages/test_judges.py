@@ -178,13 +178,15 @@ def test_embedding_judge_prefers_the_answer_closer_to_the_reference(embedding_ju
 # --- local backend (tiny random Llama with SmolLM2's tokenizer) ---------------------------------------------
 
 def test_local_judge_pairwise_and_pointwise(tiny_model_dir):
-    j = make_judge(JudgeConfig(backend="local", model=tiny_model_dir, batch_size=2))
+    # a random tiny model spreads its mass over the whole vocabulary: no floor on the labels' share
+    j = make_judge(JudgeConfig(backend="local", model=tiny_model_dir, batch_size=2, min_label_mass=0.0))
     calls = j.prob_first_better(["q1", "q2", "q3"], ["a", "b", "c"], ["x", "y", "z"], ["r", None, None])
     assert len(calls) == 3
     assert all(0.0 < c.prob < 1.0 and not c.parse_failed and c.tokens > 20 and c.raw is not None for c in calls)
     meta = j.metadata()
     assert meta["template_sha256"] == load_template("pairwise").sha256 and meta["mode"] == "pairwise"
-    pw = make_judge(JudgeConfig(backend="local", model=tiny_model_dir, template="pointwise", pointwise_k=10.0))
+    pw = make_judge(JudgeConfig(backend="local", model=tiny_model_dir, template="pointwise", pointwise_k=10.0,
+                                min_label_mass=0.0))
     scores = pw.score(["q", "q"], ["a", "b"])
     assert all(0.0 <= s <= 1.0 for s in scores)
     # "10" starts with the token "1" in SmolLM2's digit-splitting tokenizer: it cannot be read from one token
@@ -192,3 +194,15 @@ def test_local_judge_pairwise_and_pointwise(tiny_model_dir):
     v = judge_pairs_both_orders(pw, ["q"], ["a"], ["b"])[0]
     assert v.consistent and v.p_ab == pytest.approx(1 - v.p_ba, abs=1e-6)  # pointwise: position-free
     assert v.p_ab == pytest.approx(1 / (1 + math.exp(-10.0 * (scores[0] - scores[1]))), abs=1e-6)
+
+
+def test_local_judge_labels_below_the_mass_floor_are_not_soft_labels(tiny_model_dir):
+    """A random tiny model puts ~2/49152 of its mass on "A"/"B": with the default floor (0.05) that is no label
+    (P = 0.5, parse_failed), and the mass is reported, so a weak judge cannot pass noise off as confidence."""
+    j = make_judge(JudgeConfig(backend="local", model=tiny_model_dir))
+    assert JudgeConfig().min_label_mass == 0.05
+    calls = j.prob_first_better(["q1", "q2"], ["a", "b"], ["x", "y"])
+    assert all(c.label_mass is not None and 0 < c.label_mass < 0.05 for c in calls)
+    assert all(c.parse_failed and c.prob == 0.5 for c in calls)
+    v = judge_pairs_both_orders(j, ["q1"], ["a"], ["x"])[0]
+    assert v.mass_ab == pytest.approx(calls[0].label_mass) and v.parse_failures == 2

@@ -381,3 +381,15 @@ def test_ppo_with_old_logprobs_taken_while_sampling(critic, tmp_path, tiny_model
         assert_finite(r, "policy_loss", "value_loss", "kl", "policy_grad_norm", "approx_kl", "clipfrac")
         assert abs(r["approx_kl"]) < 1e-5 and r["clipfrac"] == 0.0, r
     assert any(not torch.equal(p.detach(), p0) for p, p0 in zip(seen["models"].policy.parameters(), seen["policy0"]))
+
+
+def test_first_minibatch_ratio_is_one_with_several_minibatches(tmp_path, tiny_model_dir, prompts_file):
+    """Old log-probs recomputed in fp32: epoch 1's first minibatch sees ratio 1 (the policy has not stepped yet),
+    while the later minibatches of the iteration (after steps) do not. `ratio_max` alone hides the first."""
+    cfg = load_config(RootConfig, None, ppo_overrides(
+        tmp_path, tiny_model_dir, prompts_file, "ppo.micro_batch_size=1", "ppo.gradient_accumulation_steps=2",
+        "ppo.ppo_epochs=2", "ppo.iterations=1"))  # 4 rollouts, 2 per optimizer step: 2 minibatches x 2 epochs
+    ppo.train(cfg.run, cfg.ppo)
+    row = read_metrics(tmp_path)[0]
+    assert row["ratio_dev_first_minibatch"] < 1e-5
+    assert row["ratio_max"] > 1.0 + 1e-2  # measured 1.11: the steps moved the policy for the later minibatches

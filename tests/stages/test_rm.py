@@ -387,3 +387,24 @@ def test_ppo_refuses_an_encoder_rm_as_critic(tmp_path, tiny_model_dir, prefs_fil
     rc = cli_main(ppo_args(tmp_path / "ppo", tiny_model_dir, prompts_file,
                            f"ppo.reward.model=[{tmp_path / 'rm' / 'model'}]", "ppo.value_init=reward"))
     assert rc == 2 and "ppo.value_init" in capsys.readouterr().err
+
+
+def test_hard_labels_leave_ties_out_and_count_them(tmp_path, tiny_model_dir):
+    """With soft labels off, a label_prob = 0.5 row (an undecided judge, an API verdict that failed to parse)
+    has no winner: it is dropped and counted, not trained as "chosen wins" (p = 1). rm and dpo alike."""
+    from rlaif.stages import dpo
+
+    rows = [{"id": f"t{i}", "prompt": "q?", "chosen": f"a{i}", "rejected": f"b{i}", "label_prob": p}
+            for i, p in enumerate([0.5, 0.9, 0.5, 1.0, 0.7, 0.5])]
+    data = write_jsonl(tmp_path / "ties.jsonl", rows)
+    for stage, flag in (("rm", "use_label_prob"), ("dpo", "use_soft_labels")):
+        hard = load_config(RootConfig, None, [f"{stage}.data={data}", f"{stage}.eval_fraction=0",
+                                              f"{stage}.{flag}=false"])
+        module = rm if stage == "rm" else dpo
+        got = module.read_data(getattr(hard, stage), 0)
+        assert [r.id for r in got.train] == ["t1", "t3", "t4"] and got.ties_dropped == 3
+        soft = load_config(RootConfig, None, [f"{stage}.data={data}", f"{stage}.eval_fraction=0"])
+        got = module.read_data(getattr(soft, stage), 0)  # soft labels: a tie trains towards equal rewards
+        assert len(got.train) == 6 and got.ties_dropped == 0
+    _, _, summary = _train(tmp_path / "run", tiny_model_dir, data, "rm.use_label_prob=false")
+    assert summary["train_pairs"] == 3 and summary["ties_dropped"] == 3

@@ -277,3 +277,34 @@ def test_sampling_draws_from_softmax_over_temperature_and_respects_min_new_token
     assert abs(share - p_eos) <= 5 * (p_eos * (1 - p_eos) / len(rows)) ** 0.5, (share, p_eos)
     held, _ = sample_responses(model, tok, rows[:300], max_new_tokens=2, temperature=0.7, batch_size=300)
     assert not (held.response_ids[:, 0] == tok.eos_token_id).any()
+
+
+@pytest.mark.parametrize("temperature, top_p", [(0.7, 1.0), (1.0, 0.9), (0.0, 1.0)])
+def test_the_models_own_generation_config_does_not_change_what_is_sampled(eos_model_dir, prompts_file, caplog,
+                                                                          temperature, top_p):
+    """A hub model's generation_config with logits processors (repetition_penalty, no_repeat_ngram_size,
+    bad_words_ids) would make generate sample another distribution than softmax(logits / T), the one scoring
+    reads: rollouts switch them off, so the same seeds give the same answers with or without them."""
+    from rlaif.data.prompts import load_prompts
+
+    rows = load_prompts(prompts_file)
+    tok = load_tokenizer(eos_model_dir, padding_side="left")
+    model = load_causal_lm(eos_model_dir)
+
+    def draw():
+        torch.manual_seed(0)
+        return sample_responses(model, tok, rows, max_new_tokens=12, temperature=temperature, top_p=top_p,
+                                batch_size=8, max_prompt_tokens=4096)[0].response_ids
+
+    plain = draw()
+    g = model.generation_config
+    g.repetition_penalty, g.no_repeat_ngram_size, g.bad_words_ids = 3.0, 1, [[int(plain[0, 0])]]
+    with caplog.at_level("WARNING", logger="rlaif.rollout"):
+        assert torch.equal(draw(), plain)
+    assert "repetition_penalty=3.0" in caplog.text and "no_repeat_ngram_size=1" in caplog.text
+    # the check is not vacuous: transformers does apply them when they are not switched off
+    torch.manual_seed(0)
+    enc = encode_prompts(tok, rows, 4096)
+    out = model.generate(input_ids=enc.ids, attention_mask=enc.mask, max_new_tokens=12, do_sample=False,
+                         pad_token_id=tok.pad_token_id)
+    assert not (out[:, enc.ids.shape[1]:][:, 0] == plain[0, 0]).any()  # the banned token is never picked

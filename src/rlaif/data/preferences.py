@@ -76,7 +76,14 @@ def load_preferences(arg: str | Path) -> list[PreferenceRow]:
         f"{path}: no preference rows (the file is empty)")
 
 
-__all__ = ["PreferenceRow", "load_preferences", "row_from_object"]
+def drop_ties(rows: list[PreferenceRow]) -> tuple[list[PreferenceRow], int]:
+    """(rows without ties, how many were ties): for the hard-label path, where a row with label_prob = ½ (the
+    judge could not decide, or an API verdict failed to parse) would otherwise train as "chosen wins" (p = 1)."""
+    kept = [r for r in rows if r.label_prob is None or abs(r.label_prob - 0.5) > 1e-9]
+    return kept, len(rows) - len(kept)
+
+
+__all__ = ["PreferenceRow", "load_preferences", "row_from_object", "drop_ties"]
 
 
 def load_preference_split(section: str, data: str, eval_data: str | None, eval_fraction: float, seed: int

@@ -10,6 +10,7 @@ from .jsonl import DataError, iter_jsonl, require_str
 
 BUILTIN_PROMPTS = {
     "builtin:demo-train": "train.jsonl",
+    "builtin:demo-val": "val.jsonl",  # carved out of the training prompts: for choosing settings, never trained on
     "builtin:demo-heldout": "heldout.jsonl",
 }
 

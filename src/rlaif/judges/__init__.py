@@ -42,7 +42,7 @@ class JudgeConfig:
                                "in [0, 1]")
     embedding_k: float = field(20.0, help="embedding: weight of the similarity-to-reference difference")
     embedding_k2: float = field(5.0, help="embedding: weight of the question-relevance difference (tie-breaker)")
-    min_label_mass: float = field(1e-6, help="local, api: below this total probability on the labels the soft "
+    min_label_mass: float = field(0.05, help="local, api: below this total probability on the labels the soft "
                                   "label is not used (local: a parse failure, P = 0.5; api: the verdict parser)")
     chain_of_thought: bool = field(False, help="local, api: generate a short rationale first, then ask for the "
                                    "verdict label alone and read its probabilities")

@@ -2,12 +2,14 @@
 
 Each judgement is one chat completion at temperature 0 on the messages of the YAML template (`render`).
 Soft label: the request asks for `logprobs` with `top_logprobs=N`; at the first generated position whose
-alternatives contain a label, p(label) = Σ exp(logprob) over the alternatives that equal the label after
-stripping whitespace ("A" and " A" both count), and
+*emitted* token is a label (the verdict token: "A" in "**A**" or "Answer: A", not the "**" before it, whose
+alternatives may merely contain a label), p(label) = Σ exp(logprob) over that position's alternatives that equal
+the label after stripping whitespace ("A" and " A" both count), and
 
     P(first better) = p(label_1) / (p(label_1) + p(label_2)).
 
-When the server returns no logprobs (or no label among them) the completion text goes through a strict verdict
+When the server returns no logprobs, no position emits a label, or the labels there hold less than
+`min_label_mass` of the probability, the completion text goes through a strict verdict
 parser: exactly a label, optionally wrapped in whitespace/punctuation or after "Answer:" ("A", " B.",
 "**A**", "Answer: B"); anything else is a parse failure (P = 0.5, parse_failed). Pointwise templates: the
 expected score over the scale labels found at that position (renormalised), else the parsed label, mapped to
@@ -83,33 +85,41 @@ class Completion:
     top: list[list[tuple[str, float]]] | None  # per generated position: (token, logprob) alternatives
     prompt_tokens: int
     completion_tokens: int
+    tokens: list[str] | None = None  # per generated position: the emitted token (None: not reported)
 
     def to_json(self) -> dict[str, Any]:
         return {"content": self.content, "top": self.top, "prompt_tokens": self.prompt_tokens,
-                "completion_tokens": self.completion_tokens}
+                "completion_tokens": self.completion_tokens, "tokens": self.tokens}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Completion:
         top = [[(str(t), float(lp)) for t, lp in pos] for pos in d["top"]] if d.get("top") else None
-        return cls(str(d["content"]), top, int(d["prompt_tokens"]), int(d["completion_tokens"]))
+        tokens = [str(t) for t in d["tokens"]] if d.get("tokens") else None  # older cache rows have none
+        return cls(str(d["content"]), top, int(d["prompt_tokens"]), int(d["completion_tokens"]), tokens)
 
 
-def _top_logprobs(lp: Any) -> list[list[tuple[str, float]]] | None:
-    """Alternatives per position from the chat format ({content: [{token, logprob, top_logprobs}]}) or the
-    legacy completions format ({top_logprobs: [{token: logprob}]}); None when there are none."""
+def _top_logprobs(lp: Any) -> tuple[list[list[tuple[str, float]]] | None, list[str] | None]:
+    """(alternatives per position, emitted token per position) from the chat format ({content: [{token,
+    logprob, top_logprobs}]}) or the legacy completions format ({tokens: [...], top_logprobs: [{token:
+    logprob}]}); None where there are none."""
     if not isinstance(lp, dict):
-        return None
+        return None, None
     out: list[list[tuple[str, float]]] = []
+    tokens: list[str] | None = None
     try:
         if isinstance(lp.get("content"), list):
+            tokens = []
             for entry in lp["content"]:
                 alts = entry.get("top_logprobs") or [{"token": entry["token"], "logprob": entry["logprob"]}]
                 out.append([(str(a["token"]), float(a["logprob"])) for a in alts])
+                tokens.append(str(entry["token"]))
         elif isinstance(lp.get("top_logprobs"), list):
             out = [[(str(t), float(v)) for t, v in d.items()] for d in lp["top_logprobs"] if isinstance(d, dict)]
+            if isinstance(lp.get("tokens"), list) and len(lp["tokens"]) == len(out):
+                tokens = [str(t) for t in lp["tokens"]]
     except (KeyError, TypeError, ValueError, AttributeError):
-        return None  # malformed logprobs: the verdict text is still there for the parser
-    return out or None
+        return None, None  # malformed logprobs: the verdict text is still there for the parser
+    return (out or None), (tokens or None)
 
 
 def parse_completion(text: str) -> Completion:
@@ -123,23 +133,31 @@ def parse_completion(text: str) -> Completion:
         content = choice["message"].get("content") or ""
         if not isinstance(content, str):
             raise TypeError("message.content is not a string")
-        top = _top_logprobs(choice.get("logprobs"))
+        top, emitted = _top_logprobs(choice.get("logprobs"))
         usage = data.get("usage") or {}
         prompt_tokens, completion_tokens = int(usage.get("prompt_tokens") or 0), int(
             usage.get("completion_tokens") or 0)
     except (KeyError, IndexError, TypeError, AttributeError, ValueError) as e:
         raise ResponseError(f"not a chat completion ({type(e).__name__}: {e})") from None
-    return Completion(content, top, prompt_tokens, completion_tokens)
+    return Completion(content, top, prompt_tokens, completion_tokens, emitted)
 
 
-def label_probs(top: list[list[tuple[str, float]]] | None, labels: Sequence[str],
-                min_mass: float = 0.0) -> list[float] | None:
-    """p(label) per label at the first position whose alternatives contain a label (tokens compared after
-    stripping whitespace); None when no position has one or their total is below `min_mass`."""
-    for position in top or []:
+def label_probs(top: list[list[tuple[str, float]]] | None, labels: Sequence[str], min_mass: float = 0.0,
+                tokens: Sequence[str] | None = None) -> list[float] | None:
+    """p(label) per label at the verdict position: the first position whose emitted token is a label (tokens
+    compared after stripping whitespace). `tokens`: the emitted token per position; None (a server or an older
+    cache entry that did not report them): the most probable alternative of each position, which is what a
+    temperature-0 completion emits. None when no position emits a label or the labels' total there is below
+    `min_mass` (the caller falls back to the verdict parser)."""
+    for i, position in enumerate(top or []):
+        if tokens is not None and i < len(tokens):
+            emitted = tokens[i]
+        else:
+            emitted = max(position, key=lambda alt: alt[1])[0] if position else ""
+        if emitted.strip() not in labels:
+            continue
         p = [sum(math.exp(lp) for tok, lp in position if tok.strip() == label) for label in labels]
-        if sum(p) > 0:
-            return p if sum(p) >= min_mass else None
+        return p if sum(p) >= min_mass and sum(p) > 0 else None
     return None
 
 
@@ -300,7 +318,7 @@ class ApiJudge:
                  price_input_per_mtok: float = 0.0,
                  price_output_per_mtok: float = 0.0, cache: bool = True, cache_dir: str | Path | None = None,
                  chain_of_thought: bool = False, max_cot_tokens: int = 256, pointwise_k: float = 10.0,
-                 min_label_mass: float = 1e-6, rng: random.Random | None = None):
+                 min_label_mass: float = 0.05, rng: random.Random | None = None):
         if api_key_env:
             key = os.environ.get(api_key_env)
             if not key:
@@ -400,10 +418,10 @@ class ApiJudge:
                     cached=r.cached)
         if r.error or r.completion is None:
             return JudgeCall(0.5, error=r.error, **base)
-        p = label_probs(r.completion.top, self.labels, self.min_label_mass)
+        p = label_probs(r.completion.top, self.labels, self.min_label_mass, r.completion.tokens)
         if p is not None:
             self.counts["labels_from_logprobs"] += 1
-            return JudgeCall(p[0] / (p[0] + p[1]), source="logprobs", **base)
+            return JudgeCall(p[0] / (p[0] + p[1]), source="logprobs", label_mass=sum(p), **base)
         verdict = parse_verdict(r.completion.content, self.labels)
         self.counts["labels_from_verdict"] += 1
         if verdict is None:
@@ -416,7 +434,7 @@ class ApiJudge:
         if r.error or r.completion is None:
             return 0.5, None, False
         lo, hi = min(self.values), max(self.values)
-        p = label_probs(r.completion.top, self.labels, self.min_label_mass)
+        p = label_probs(r.completion.top, self.labels, self.min_label_mass, r.completion.tokens)
         if p is not None:
             self.counts["labels_from_logprobs"] += 1
             expected = sum(pi * v for pi, v in zip(p, self.values)) / sum(p)

@@ -33,6 +33,7 @@ class JudgeCall:
     cost_usd: float = 0.0  # what this call cost (API judges; 0 when served from a cache)
     cached: bool = False  # served from a cache: no request was sent
     source: str | None = None  # where the label came from, e.g. "logprobs" or "verdict" (API judges)
+    label_mass: float | None = None  # probability the judge put on the labels at the verdict (local, api)
 
 
 @runtime_checkable
@@ -70,6 +71,8 @@ class PairVerdict:
     cached_calls: int = 0  # calls served from a cache (0, 1 or 2)
     source_ab: str | None = None  # where each order's label came from (API judges: logprobs | verdict)
     source_ba: str | None = None
+    mass_ab: float | None = None  # each order's probability mass on the labels (local, api judges)
+    mass_ba: float | None = None
 
     @property
     def tie(self) -> bool:
@@ -138,7 +141,8 @@ def judge_pairs_both_orders(judge: PairwiseJudge, prompts: Sequence[str], a: Seq
                                ab.latency_s + ba.latency_s, int(ab.parse_failed) + int(ba.parse_failed),
                                ab.raw, ba.raw, errors=len(errors), error=errors[0] if errors else None,
                                cost_usd=ab.cost_usd + ba.cost_usd, cached_calls=int(ab.cached) + int(ba.cached),
-                               source_ab=ab.source, source_ba=ba.source))
+                               source_ab=ab.source, source_ba=ba.source, mass_ab=ab.label_mass,
+                               mass_ba=ba.label_mass))
     return out
 
 

@@ -39,7 +39,7 @@ def _label_token_ids(tokenizer, label: str) -> list[int]:
 class LocalHFJudge:
     def __init__(self, model: str, template: JudgeTemplate, *, device: torch.device | str = "cpu",
                  batch_size: int = 8, max_length: int = 2048, pointwise_k: float = 10.0,
-                 min_label_mass: float = 1e-6, autocast=None, chain_of_thought: bool = False,
+                 min_label_mass: float = 0.05, autocast=None, chain_of_thought: bool = False,
                  max_cot_tokens: int = 256):
         self.model_arg, self.template = model, template
         self.chain_of_thought, self.max_cot_tokens = chain_of_thought, max_cot_tokens
@@ -151,11 +151,13 @@ class LocalHFJudge:
             mass = p1 + p2
             failed = mass < self.min_label_mass
             raw = f"{rat}\n=> {top}" if self.chain_of_thought else top
-            calls.append(JudgeCall(0.5 if failed else p1 / mass, raw, n_tok + r_tok, dt + r_dt, failed))
+            calls.append(JudgeCall(0.5 if failed else p1 / mass, raw, n_tok + r_tok, dt + r_dt, failed,
+                                   label_mass=mass))
         return calls
 
-    def _scores(self, prompts, responses, references) -> list[tuple[float, str, int, float, bool]]:
-        """(score in [0, 1], top token, tokens, latency, parse_failed) per answer, cached across orders."""
+    def _scores(self, prompts, responses, references) -> list[tuple[float, str, int, float, bool, float]]:
+        """(score in [0, 1], top token, tokens, latency, parse_failed, label mass) per answer, cached across
+        orders."""
         keys = [(q, a, r) for q, a, r in zip(prompts, responses, references)]
         todo = list(dict.fromkeys(k for k in keys if k not in self._score_cache))
         convs, rats = self._with_rationales([render(self.template, q, response=a, reference=r) for q, a, r in todo])
@@ -168,7 +170,7 @@ class LocalHFJudge:
             failed = mass < self.min_label_mass
             expected = float((pt / mass * values).sum()) if not failed else 0.5 * (lo + hi)
             raw = f"{rat}\n=> {top}" if self.chain_of_thought else top
-            self._score_cache[key] = ((expected - lo) / (hi - lo), raw, n_tok + r_tok, dt + r_dt, failed)
+            self._score_cache[key] = ((expected - lo) / (hi - lo), raw, n_tok + r_tok, dt + r_dt, failed, mass)
         return [self._score_cache[k] for k in keys]
 
     def score(self, prompts: Sequence[str], responses: Sequence[str],
@@ -187,7 +189,8 @@ class LocalHFJudge:
         calls = []
         for f, s in zip(sf, ss):
             prob = 1.0 / (1.0 + math.exp(-self.pointwise_k * (f[0] - s[0])))
-            calls.append(JudgeCall(prob, f"{f[1]}|{s[1]}", f[2] + s[2], f[3] + s[3], f[4] or s[4]))
+            calls.append(JudgeCall(prob, f"{f[1]}|{s[1]}", f[2] + s[2], f[3] + s[3], f[4] or s[4],
+                                   label_mass=min(f[5], s[5])))
         return calls
 
 

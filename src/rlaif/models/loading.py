@@ -104,6 +104,27 @@ def resolve_model(arg: str) -> str:
     )
 
 
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+
+
+def weights_fingerprint(arg: str) -> str:
+    """sha256 over the weight files of a model argument (a folder's *.safetensors / *.bin / ..., names and
+    bytes), so a model retrained in place gets a new fingerprint; a hub id that is not on disk gives the id
+    itself (the hub revision is what identifies it then)."""
+    import hashlib
+
+    path = Path(resolve_model(arg))
+    if not path.is_dir():
+        return f"id:{arg}"
+    h = hashlib.sha256()
+    for f in sorted(p for p in path.iterdir() if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES)):
+        h.update(f"|{f.name}|".encode())
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 22), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
 def convert_gguf(gguf_path: Path, name: str | None = None) -> Path:
     """Dequantise a GGUF causal LM once into a safetensors folder under the cache; return the folder.
 

@@ -37,9 +37,9 @@ from .rm import linear_with_floor_lr, pairwise_stats, reward_centering_penalty  
 __all__ += ["linear_with_floor_lr", "pairwise_stats", "reward_centering_penalty"]
 
 from .dpo import dpo_loss, sequence_logprobs  # noqa: E402
-from .group_advantages import group_advantages, rloo_advantages  # noqa: E402
+from .group_advantages import centre_within_groups, group_advantages, rloo_advantages  # noqa: E402
 
-__all__ += ["dpo_loss", "group_advantages", "rloo_advantages", "sequence_logprobs"]
+__all__ += ["centre_within_groups", "dpo_loss", "group_advantages", "rloo_advantages", "sequence_logprobs"]
 
 from .evaluation import bootstrap_mean_ci, distinct_n, pearson, sign_disagreement, win_outcomes  # noqa: E402
 

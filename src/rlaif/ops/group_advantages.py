@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["group_advantages", "rloo_advantages"]
+__all__ = ["group_advantages", "rloo_advantages", "centre_within_groups"]
 
 
 def _grouped(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
@@ -74,3 +74,28 @@ def rloo_advantages(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
     r = _grouped(rewards, group_size)  # (n_groups, G)
     others_mean = (r.sum(dim=1, keepdim=True) - r) / (group_size - 1)
     return (r - others_mean).reshape(-1)
+
+
+@torch.no_grad()
+def centre_within_groups(scores: torch.Tensor, group_size: int, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Each answer's score minus the mean score of its group's *valid* answers (PPO's `score_baseline:
+    prompt_mean`: which answer to a question is better, not which question scores high).
+
+    Shapes: ``scores`` ``(b,)``, ``valid`` ``(b,)`` bool or None (all valid), ``b = n_groups * group_size``,
+    groups contiguous -> ``(b,)``.
+
+    Formula, per group g with valid set V_g::
+
+        c_i = s_i - (sum_{j in V_g} s_j) / |V_g|      for i in V_g
+        c_i = 0                                       for i not in V_g (a row that enters no loss)
+
+    A group with no valid answer is all 0. Rows left out (e.g. answers without EOS under ``missing_eos: drop``)
+    never move the baseline of the others: scores [1.0 valid, 5.0 dropped] give [0.0, 0.0], not [-2.0, 2.0].
+
+    Runs under ``torch.no_grad``: the output is detached.
+    """
+    s = _grouped(scores, group_size)  # (n_groups, G)
+    v = torch.ones_like(s, dtype=torch.bool) if valid is None else valid.reshape(s.shape).bool()
+    n = v.sum(dim=1, keepdim=True)  # (n_groups, 1)
+    mean = torch.where(v, s, torch.zeros_like(s)).sum(dim=1, keepdim=True) / n.clamp(min=1)
+    return torch.where(v, s - mean, torch.zeros_like(s)).reshape(-1)

@@ -53,7 +53,8 @@ def ppo_policy_loss(
     get zero gradient.
 
     stats (detached 0-dim tensors, plain masked means): ``clipfrac`` = mean of ``pg2 > pg1``;
-    ``approx_kl`` = mean of ``0.5 * (logprobs - old_logprobs)^2``; ``ratio_mean``; ``ratio_max``
+    ``approx_kl`` = mean of ``0.5 * (logprobs - old_logprobs)^2``; ``ratio_mean``; ``ratio_max``; ``ratio_dev_max`` =
+    max of ``|ratio - 1|`` over real tokens
     (0 for an empty mask).
 
     Detaches ``old_logprobs`` and ``advantages`` (they are targets); gradient flows to ``logprobs`` only.
@@ -74,6 +75,7 @@ def ppo_policy_loss(
             "approx_kl": masked_mean(0.5 * log_ratio**2, mask),
             "ratio_mean": masked_mean(ratio, mask),
             "ratio_max": torch.where(m, ratio, zero).max() if ratio.numel() else zero.clone(),
+            "ratio_dev_max": torch.where(m, (ratio - 1.0).abs(), zero).max() if ratio.numel() else zero.clone(),
         }
     return loss, {k: v.detach() for k, v in stats.items()}
 
@@ -145,15 +147,19 @@ def bradley_terry_loss(
 
     Formula: ``d = chosen - rejected - margin`` (margin 0 by default).
     Hard labels: ``-logsigmoid(d)``. Soft labels with ``p = P(chosen is better)``:
-    ``-(p * logsigmoid(d) + (1 - p) * logsigmoid(-d))`` (cross-entropy against ``p``; minimised at
-    ``sigmoid(d) = p``). ``logsigmoid`` keeps it finite for any ``|d|``.
+    ``d = chosen - rejected - margin * (2p - 1)`` and ``-(p * logsigmoid(d) + (1 - p) * logsigmoid(-d))``
+    (cross-entropy against ``p``; minimised at ``sigmoid(d) = p``). The margin is scaled by the label's
+    confidence ``2p - 1``: a full margin at p = 1, none at a tie (p = ½), whose minimiser stays
+    ``chosen = rejected`` instead of being pushed ``margin`` apart. ``logsigmoid`` keeps it finite for any
+    ``|d|``.
 
     Detaches ``label_prob`` and ``margin`` (targets); gradient flows to both reward tensors.
     """
     d = chosen_rewards - rejected_rewards
-    if margin is not None:
-        d = d - (margin.detach() if isinstance(margin, torch.Tensor) else margin)
+    m = None if margin is None else (margin.detach() if isinstance(margin, torch.Tensor) else margin)
     if label_prob is None:
-        return -F.logsigmoid(d).mean()
+        return -F.logsigmoid(d if m is None else d - m).mean()
     p = label_prob.detach().to(d.dtype)
+    if m is not None:
+        d = d - m * (2.0 * p - 1.0)
     return -(p * F.logsigmoid(d) + (1.0 - p) * F.logsigmoid(-d)).mean()

@@ -145,8 +145,15 @@ RM_PLOTS: list[PlotSpec] = [
     ("RM learning rate", [("lr", "lr", False)], "learning rate", None, None),
 ]
 PPO_PLOTS: list[PlotSpec] = [
-    ("PPO reward", [("reward (raw)", "reward_mean", False), ("score (after EOS rule)", "score_mean", True)],
-     "mean per rollout", None, None),
+    ("PPO reward-model score (training batch)", [("raw score", "reward_mean", False),
+                                                 ("after the EOS rule", "score_mean", True)],
+     "mean per rollout (before any baseline)", None, None),
+    ("PPO held-out validation: reward-model score", [("validation prompts", "val_reward_mean", False)],
+     "mean per answer", None, None),
+    ("PPO held-out validation: judge win-rate vs initial policy", [("win-rate", "val_win_rate", False)],
+     "win-rate (ties = ½)", (0.0, 1.0), (0.5, "initial policy")),
+    ("PPO score spread within prompts", [("std of centred score", "score_centred_std", False)],
+     "the signal PPO sees", None, None),
     ("PPO KL to reference", [("KL (sequence)", "kl", False)], "nats per response", None, None),
     ("PPO entropy", [("entropy", "entropy", False)], "nats per token", None, None),
     ("PPO response length", [("length", "response_length", False)], "tokens", None, None),
@@ -361,6 +368,12 @@ def ppo_section(data: RunData, summary: dict) -> str:
         ("raw reward", start_end("reward_mean")), ("KL to reference", start_end("kl")),
         ("entropy", start_end("entropy")), ("response length", start_end("response_length")),
         ("EOS rate", start_end("eos_rate")),
+        *([("held-out validation: reward-model score gain over the initial policy (first → last validation)",
+            f"{fmt(p['val_reward_gain_first'])} → {fmt(p['val_reward_gain_last'])}")]
+          if p.get("val_reward_gain_last") is not None else []),
+        *([("held-out validation: judge win-rate vs the initial policy (first → last validation)",
+            f"{fmt(p['val_win_rate_first'])} → {fmt(p['val_win_rate_last'])}")]
+          if p.get("val_win_rate_last") is not None else []),
     ])
     return f'<section id="ppo"><h2>PPO</h2>{figures}{curves(rows, PPO_PLOTS, "iteration", "PPO")}</section>'
 

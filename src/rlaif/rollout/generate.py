@@ -194,6 +194,40 @@ class DrawByInverseCdf(LogitsProcessor):
         return torch.full_like(scores, float("-inf")).scatter_(1, drawn.unsqueeze(1), 0.0)
 
 
+# Logits processors that `generate` takes from a model's own generation_config (hub instruct models often ship
+# some, e.g. repetition_penalty) on top of ours. Each changes the distribution tokens are drawn from, while
+# scoring -- PPO's old log-probs, GRPO's, eval's sampled KL -- reads softmax(logits / T): with them the sampled
+# policy would not be the trained one (off-policy, silently). Every rollout passes these "off" values instead.
+_NEUTRAL = {
+    "repetition_penalty": 1.0, "encoder_repetition_penalty": 1.0, "no_repeat_ngram_size": 0,
+    "encoder_no_repeat_ngram_size": 0, "bad_words_ids": None, "sequence_bias": None, "suppress_tokens": None,
+    "begin_suppress_tokens": None, "forced_bos_token_id": None, "forced_eos_token_id": None, "typical_p": 1.0,
+    "epsilon_cutoff": 0.0, "eta_cutoff": 0.0, "min_p": None, "top_h": None, "exponential_decay_length_penalty": None,
+    "renormalize_logits": False, "min_length": 0, "num_beams": 1, "guidance_scale": None, "watermarking_config": None,
+}
+_warned: set[int] = set()
+
+
+def neutral_generation_kwargs(model) -> dict:
+    """`generate` keyword arguments that switch off every distribution-changing setting of the model's own
+    generation_config (the keys this transformers version knows); warns once per model about those it had."""
+    from transformers import GenerationConfig
+
+    known = GenerationConfig()
+    out = {k: v for k, v in _NEUTRAL.items() if hasattr(known, k)}
+    own = getattr(model, "generation_config", None)
+    overridden = sorted(k for k, v in out.items() if own is not None and getattr(own, k, None) not in (None, v, []))
+    if overridden and id(model) not in _warned:
+        _warned.add(id(model))
+        import logging
+
+        logging.getLogger("rlaif.rollout").warning(
+            "the model's generation_config sets %s: ignored, so that answers are sampled from softmax(logits / "
+            "temperature), the distribution rlaif scores and trains", ", ".join(f"{k}={getattr(own, k)!r}"
+                                                                              for k in overridden))
+    return out
+
+
 def sampling_kwargs(temperature: float, top_p: float) -> dict:
     """`generate` keyword arguments for pure sampling (temperature > 0, no top-p: `DrawByInverseCdf`), nucleus
     sampling (`generate`'s own, top_k off) or greedy decoding (temperature 0)."""
@@ -251,6 +285,7 @@ def sample_responses(
                 max_new_tokens=max_new_tokens,
                 min_new_tokens=min_new_tokens,
                 **sampling_kwargs(temperature, top_p),
+                **neutral_generation_kwargs(model),
                 pad_token_id=pad,
                 eos_token_id=eos,
                 use_cache=True,

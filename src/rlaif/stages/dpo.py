@@ -38,10 +38,10 @@ from tqdm.auto import tqdm
 from .. import distributed, ops
 from ..checkpoint import find_resume_checkpoint, load_json, save_checkpoint, save_json, torch_load
 from ..config import ConfigError, check_training_fields, field
-from ..data.preferences import PreferenceRow, load_preference_split
+from ..data.preferences import PreferenceRow, drop_ties, load_preference_split
 from ..data.sft import Encoded, SFTRow, collate, encode_row, end_of_turn_ids
 from ..metrics import MetricsLogger, read_metrics
-from ..models.loading import disable_dropout, load_causal_lm, load_tokenizer
+from ..models.loading import disable_dropout, load_causal_lm, load_tokenizer, weights_fingerprint
 from ..optimizer_step import optimizer_step
 from ..runtime import RunConfig, autocast_for, seed_everything, setup_run
 from .sft import BatchStream, restore_trainer_state, save_model, save_step_checkpoint
@@ -116,13 +116,23 @@ class EncodedPair:
 class DPOData:
     train: list[PreferenceRow]
     eval: list[PreferenceRow]
+    ties_dropped: int = 0  # hard labels (dpo.use_soft_labels=false): rows with label_prob = 0.5 left out
 
 
 def read_data(cfg: DPOConfig, seed: int) -> DPOData:
     """Read, validate and split every input file; bad rows fail here, before anything is written."""
     cfg.validate()
     rows, held = load_preference_split("dpo", cfg.data, cfg.eval_data, cfg.eval_fraction, seed)
-    return DPOData(rows, held)
+    if cfg.use_soft_labels:
+        return DPOData(rows, held)
+    # hard labels: a tie (label_prob = 0.5) has no winner, and would train as "chosen wins"
+    (rows, n_train), (held, n_held) = drop_ties(rows), drop_ties(held)
+    if n_train + n_held:
+        log.warning("dpo: %d tied pairs (label_prob = 0.5) left out of the hard labels", n_train + n_held)
+    if not rows:
+        raise ConfigError("config key 'dpo.use_soft_labels': every training pair is a tie (label_prob = 0.5); "
+                          "hard labels need a winner")
+    return DPOData(rows, held, n_train + n_held)
 
 
 def pair_smoothing(row: PreferenceRow, cfg: DPOConfig) -> float:
@@ -171,8 +181,10 @@ def score_all(model, pairs: list[EncodedPair], batch_size: int, pad_id: int, dev
 
 
 def cache_key(reference: str, pairs: dict[str, list[EncodedPair]], device, precision: str) -> str:
-    """What the cached reference log-probabilities depend on: the reference, the numerics and every token id."""
-    h = hashlib.sha256(f"{reference}|{device.type}|{precision}".encode())
+    """What the cached reference log-probabilities depend on: the reference's weights (a fingerprint of its
+    files, not its name: a model retrained in place must not reuse stale log-probabilities), the numerics and
+    every token id."""
+    h = hashlib.sha256(f"{weights_fingerprint(reference)}|{device.type}|{precision}".encode())
     for name, part in pairs.items():
         h.update(f"|{name}:{len(part)}".encode())
         for p in part:
@@ -409,7 +421,7 @@ def train(run: RunConfig, cfg: DPOConfig, resolved_config: dict | None = None, d
     strip = len("eval_")
     summary = {
         "policy": cfg.policy, "reference": cfg.reference or cfg.policy, "beta": cfg.beta, "steps": total,
-        "train_pairs": len(pairs["train"]), "eval_pairs": len(pairs["eval"]),
+        "train_pairs": len(pairs["train"]), "eval_pairs": len(pairs["eval"]), "ties_dropped": data.ties_dropped,
         "reference_logps": {"file": str(out / REFERENCE_CACHE), "cache": ref_source},
         "last_step": {k: v for k, v in logged.get(total, {}).items() if not k.startswith("eval_")} or None,
         "eval_before": {k[strip:]: v for k, v in logged[0].items() if k.startswith("eval_")} if 0 in logged

@@ -9,7 +9,8 @@ One iteration:
    scale_rewards=false); `rloo`: r − mean of the other G−1 answers; broadcast over the answer's tokens;
 4) policy update: PPO's clipped surrogate (`ppo_updates.policy_update`) + kl_coef · k3 KL(π ‖ π_ref) per token
    in the loss (no KL in the reward, no critic); token-level normalisation over each optimizer step's tokens;
-5) metrics (reward, group spread, KL, length, EOS rate, losses) and a resumable checkpoint.
+5) metrics (raw reward, score after the EOS rule, group spread, KL, length, EOS rate, losses; every
+   `validation.every` iterations the held-out validation of stages/validation.py) and a resumable checkpoint.
 """
 
 from __future__ import annotations
@@ -43,12 +44,15 @@ from .ppo import (
     check_fsdp,
     judge_reward_sources,
     load_policy_and_reference,
+    log_validation,
     save_iteration_checkpoint,
     save_policy,
     score_batch,
     start_replicas,
+    start_validation,
 )
 from .ppo_updates import policy_update
+from .validation import ValidationConfig, due, training_prompts
 
 log = logging.getLogger("rlaif.grpo")
 
@@ -83,6 +87,9 @@ class GRPOConfig:
         "penalty", help="answers that hit max_new_tokens without EOS: fixed penalty score, or their own score")
     missing_eos_penalty: float = field(-1.0, help="score of answers without EOS when missing_eos=penalty")
     checkpoint_every: int = field(5, help="resumable checkpoint every N iterations (0 = never)")
+    validation: ValidationConfig = field(default_factory=ValidationConfig, help="a held-out signal every N "
+                                         "iterations: reward and judge win-rate against the initial policy on "
+                                         "validation prompts (as in `rlaif ppo`)")
 
     # what the shared PPO code reads under its own names
     kl_mode = "k3"
@@ -96,6 +103,7 @@ class GRPOConfig:
         return self.prompts_per_iteration * self.group_size
 
     def validate(self) -> None:
+        self.validation.check("grpo")
         require_min(self, "grpo", 1, "iterations", "prompts_per_iteration", "micro_batch_size",
                     "gradient_accumulation_steps", "forward_batch_size", "epochs")
         require_min(self, "grpo", 2, "group_size")
@@ -106,6 +114,10 @@ class GRPOConfig:
                               f"gradient_accumulation_steps = {mb}")
         if self.generation.temperature <= 0:
             raise ConfigError("config key 'grpo.generation.temperature': GRPO needs sampling (> 0)")
+        if self.generation.top_p < 1.0:
+            raise ConfigError("config key 'grpo.generation.top_p': nucleus sampling draws from the top-p "
+                              "nucleus while the update scores the full softmax(logits / T), so the policy would "
+                              "train off-policy; use top_p=1 (lower the temperature to sample more narrowly)")
         if self.kl_coef < 0:
             raise ConfigError("config key 'grpo.kl_coef': must be >= 0")
         if self.reward.judge_mode != "off":
@@ -132,7 +144,7 @@ def train(run: RunConfig, cfg: GRPOConfig, resolved_config: dict | None = None) 
     fsdp = check_fsdp(run, cfg.lora, "grpo")
     seed_everything(run.seed)
     amp = autocast_for(device, run.precision)
-    prompts = load_prompts(cfg.prompts)
+    prompts = training_prompts(load_prompts(cfg.prompts), cfg.validation, "grpo")
     models = load_policy_and_reference(cfg.policy, cfg.reference, device, cfg.lora, cfg.gradient_checkpointing,
                                        fsdp)
     start_replicas(models, run.seed)
@@ -148,6 +160,7 @@ def train(run: RunConfig, cfg: GRPOConfig, resolved_config: dict | None = None) 
     metrics = MetricsLogger(out, run.report_to, resolved_config)
     start, position = 0, 0
     ckpt = find_resume_checkpoint(out, run.resume)
+    validator = start_validation(cfg, models, reward_fn, out, device, amp, resumed=ckpt is not None)
     if ckpt is not None:
         state = _load_checkpoint(ckpt, models, (opt,), kl_ctl, device, "grpo")
         start, position = state["iteration"], state["prompt_position"]
@@ -190,6 +203,9 @@ def train(run: RunConfig, cfg: GRPOConfig, resolved_config: dict | None = None) 
         raw, scores, mask, kl_tok = gather(raw), gather(scores), gather(mask), gather(kl_tok)
         grouped = scores.view(-1, cfg.group_size)
         lengths = mask.sum(1)
+        if validator is not None and due(cfg.validation, it + 1, cfg.iterations):  # held-out signal
+            t0 = time.perf_counter()
+            stats.update(validator.validate(models.policy), s_validate=time.perf_counter() - t0)
         dt = time.perf_counter() - t_iter
         row = metrics.log(it + 1, {
             "reward_mean": raw.mean().item(), "reward_std": raw.std().item(),
@@ -203,6 +219,7 @@ def train(run: RunConfig, cfg: GRPOConfig, resolved_config: dict | None = None) 
         })
         log.info("iter %d/%d reward %.3f kl %.3f len %.1f eos %.2f %.1fs", it + 1, cfg.iterations,
                  row["reward_mean"], row["kl"], row["response_length"], row["eos_rate"], dt)
+        log_validation(row, it + 1)
         if cfg.checkpoint_every and ((it + 1) % cfg.checkpoint_every == 0 or it + 1 == cfg.iterations):
             save_iteration_checkpoint(out, it + 1, models, (opt,), kl_ctl, stream.position, shuffle_gen,
                                       run.keep_checkpoints, save_checkpoint)

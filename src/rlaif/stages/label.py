@@ -122,6 +122,10 @@ def sample_answers(model, tokenizer, chunk: list[PromptRow], cfg: LabelConfig, s
     return [rollout.responses[i * k:(i + 1) * k] for i in range(len(chunk))], n_trunc // k
 
 
+def _mass(m: float | None) -> float | None:
+    return None if m is None else round(float(m), 6)
+
+
 def preference_row(row: PromptRow, i: int, j: int, a: str, b: str, v: PairVerdict, meta: dict) -> dict:
     """Step 5: chosen = the side with P >= 0.5; label_prob = P(chosen better)."""
     a_wins = v.label_prob >= 0.5
@@ -138,6 +142,8 @@ def preference_row(row: PromptRow, i: int, j: int, a: str, b: str, v: PairVerdic
             "cost_usd": round(v.cost_usd, 8), "raw_ab": v.raw_ab, "raw_ba": v.raw_ba,
             **({"label_source_ab": v.source_ab, "label_source_ba": v.source_ba}
                if v.source_ab is not None or v.source_ba is not None else {}),
+            **({"label_mass_ab": _mass(v.mass_ab), "label_mass_ba": _mass(v.mass_ba)}
+               if v.mass_ab is not None or v.mass_ba is not None else {}),
         },
     }
 

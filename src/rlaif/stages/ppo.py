@@ -58,6 +58,7 @@ from ..rollout.generate import Rollout, sample_responses
 from ..rollout.scoring import response_logprobs, response_logprobs_and_values, response_values, value_head
 from ..runtime import RunConfig, autocast_for, rng_state, seed_everything, set_rng_state, setup_run
 from .ppo_updates import policy_update, value_update
+from .validation import ValidationConfig, Validator, due, training_prompts
 
 log = logging.getLogger("rlaif.ppo")
 
@@ -89,7 +90,7 @@ class GenerationConfig:
     max_new_tokens: int = field(48, help="budget of new tokens per response")
     min_new_tokens: int = field(1, help="EOS is suppressed before this many tokens (benchmarks set = max)")
     temperature: float = field(0.7, help="sampling temperature; log-probs are computed at the same temperature")
-    top_p: float = field(1.0, help="nucleus sampling")
+    top_p: float = field(1.0, help="nucleus sampling; ppo and grpo need 1 (their updates score the full softmax)")
     max_prompt_tokens: int = field(512, help="longer prompts keep their last tokens (counted in metrics)")
     batch_size: int = field(32, help="prompts per generate() call")
 
@@ -155,8 +156,12 @@ class PPOConfig:
         "scores high; needs samples_per_prompt > 1")
     save_every: int = field(0, help="save the policy every N iterations (0 = only at the end)")
     checkpoint_every: int = field(5, help="resumable checkpoint every N iterations (0 = never)")
+    validation: ValidationConfig = field(default_factory=ValidationConfig, help="a held-out signal every N "
+                                         "iterations: reward and judge win-rate against the initial policy on "
+                                         "validation prompts")
 
     def validate(self) -> None:
+        self.validation.check("ppo")
         mb = self.micro_batch_size * self.gradient_accumulation_steps
         require_min(self, "ppo", 1, "iterations", "batch_size", "micro_batch_size", "gradient_accumulation_steps",
                     "forward_batch_size", "ppo_epochs", "samples_per_prompt")
@@ -173,6 +178,10 @@ class PPOConfig:
             raise ConfigError("config key 'ppo.generation.max_new_tokens': must be >= 1")
         if self.generation.temperature <= 0:
             raise ConfigError("config key 'ppo.generation.temperature': PPO needs sampling (> 0)")
+        if self.generation.top_p < 1.0:
+            raise ConfigError("config key 'ppo.generation.top_p': nucleus sampling draws from the top-p "
+                              "nucleus while the update scores the full softmax(logits / T), so the policy would "
+                              "train off-policy; use top_p=1 (lower the temperature to sample more narrowly)")
         if self.reward.judge_mode != "off":
             self.reward.judge.validate()
         if self.critic == "shared" and (self.value_model is not None or self.value_init != "policy"):
@@ -376,6 +385,7 @@ class Scored:
     advantages: torch.Tensor
     returns: torch.Tensor
     ensemble_std: torch.Tensor | None
+    centred: torch.Tensor | None = None  # (b,) scores minus their prompt's mean (score_baseline: prompt_mean)
 
 
 @torch.no_grad()
@@ -591,7 +601,8 @@ def global_view(sc: Scored) -> Scored:
                       sum(distributed.all_gather_object(r.responses), []))
     return Scored(rollout, g(sc.scores), g(sc.raw_scores), g(sc.valid), g(sc.mask), g(sc.logprobs),
                   g(sc.ref_logprobs), g(sc.values), g(sc.rewards), g(sc.kl), g(sc.advantages), g(sc.returns),
-                  g(sc.ensemble_std) if sc.ensemble_std is not None else None)
+                  g(sc.ensemble_std) if sc.ensemble_std is not None else None,
+                  g(sc.centred) if sc.centred is not None else None)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -607,7 +618,8 @@ def train(run: RunConfig, cfg: PPOConfig, resolved_config: dict | None = None) -
     fsdp = check_fsdp(run, cfg.lora, "ppo")
     seed_everything(run.seed)
     amp = autocast_for(device, run.precision)
-    prompts = load_prompts(cfg.prompts)  # bad input fails before minutes of model loading
+    # bad input fails before minutes of model loading; validation prompts are never trained on
+    prompts = training_prompts(load_prompts(cfg.prompts), cfg.validation, "ppo")
     models = build_models(cfg, device, fsdp)
     start_replicas(models, run.seed)
     reward_fn = make_reward_source(
@@ -621,6 +633,7 @@ def train(run: RunConfig, cfg: PPOConfig, resolved_config: dict | None = None) -
     metrics = MetricsLogger(out, run.report_to, resolved_config)
     start, position = 0, 0
     ckpt = find_resume_checkpoint(out, run.resume)
+    validator = start_validation(cfg, models, reward_fn, out, device, amp, resumed=ckpt is not None)
     if ckpt is not None:
         state = _load_checkpoint(ckpt, models, (opt_policy, opt_value), kl_ctl, device)
         start, position = state["iteration"], state["prompt_position"]
@@ -656,19 +669,18 @@ def train(run: RunConfig, cfg: PPOConfig, resolved_config: dict | None = None) -
             raw = check_finite(reward_fn(rollout.prompts, rollout.responses, rows=rows),
                                getattr(reward_fn, "name", "reward"))
             scores, valid = apply_eos_policy(raw, rollout.ended_with_eos, cfg)
-            if cfg.score_baseline == "prompt_mean":
-                scores = ops.group_advantages(scores, g_n, normalise_std=False)
+            centred = ops.centre_within_groups(scores, g_n, valid) if cfg.score_baseline == "prompt_mean" else None
             mask = (rollout.response_mask & valid[:, None]).float()
             logprobs, ref_logprobs, values = score_batch(models, rollout, cfg, device, amp)
             t_score = time.perf_counter() - t0
 
             # 3. rewards and 4. advantages (pure math in rlaif.ops)
-            parts = {"scores": scores, "mask": mask, "logprobs": logprobs, "ref_logprobs": ref_logprobs,
-                     "values": values}
+            parts = {"scores": scores if centred is None else centred, "mask": mask, "logprobs": logprobs,
+                     "ref_logprobs": ref_logprobs, "values": values}
             adv = compute_advantages(parts, cfg, kl_ctl.value)
             sc = Scored(rollout, scores, raw, valid, mask, logprobs, ref_logprobs, values, adv["rewards"], adv["kl"],
                         adv["advantages"], adv["returns"],
-                        reward_fn.last_std if isinstance(reward_fn, EnsembleReward) else None)
+                        reward_fn.last_std if isinstance(reward_fn, EnsembleReward) else None, centred)
 
             # 5. update: critic first, then policy (the seed's order); a shared critic trains inside the policy's
             #    update (one loss, one pass)
@@ -698,14 +710,18 @@ def train(run: RunConfig, cfg: PPOConfig, resolved_config: dict | None = None) -
             keys = sorted(js.last_stats)
             means = distributed.all_reduce_floats([js.last_stats[k] for k in keys])
             stats.update({k: v / distributed.world().size for k, v in zip(keys, means)})
+        if validator is not None and due(cfg.validation, it + 1, cfg.iterations):  # held-out signal
+            t0 = time.perf_counter()
+            stats.update(validator.validate(models.policy), s_validate=time.perf_counter() - t0)
         row = metrics.log(it + 1, _iteration_metrics(sc_all, stats, seq_kl, beta_used, n_tok, n_trunc, dt,
-                                                     t_gen, t_score, t_update))
+                                                     t_gen, t_score, t_update, cfg.kl_mode == "reward"))
         kl_shown = seq_kl if math.isfinite(seq_kl) else float("nan")
         bar.set_postfix(score=f"{row['score_mean'] if row['score_mean'] is not None else math.nan:.3f}", kl=f"{kl_shown:.3f}", eos=f"{row['eos_rate']:.2f}")
         if not run.progress:
             log.info("iter %d/%d score %.3f (raw reward %.3f) kl %.4f len %.1f eos %.2f %.1fs", it + 1,
                      cfg.iterations, row["score_mean"] if row["score_mean"] is not None else math.nan,
                      row["reward_mean"], kl_shown, row["response_length"], row["eos_rate"], dt)
+        log_validation(row, it + 1)
 
         # 7. save: policy every save_every, resumable checkpoint every checkpoint_every
         if cfg.save_every and (it + 1) % cfg.save_every == 0:
@@ -721,16 +737,17 @@ def train(run: RunConfig, cfg: PPOConfig, resolved_config: dict | None = None) -
 
 
 def _iteration_metrics(sc: Scored, stats: dict, seq_kl: float, beta: float, n_tok: int, n_trunc: int, dt: float,
-                       t_gen: float, t_score: float, t_update: float) -> dict:
+                       t_gen: float, t_score: float, t_update: float, kl_in_reward: bool = True) -> dict:
     r = sc.rollout
     lengths = r.response_mask.sum(1).float()
     row = {
         "reward_mean": sc.raw_scores.mean().item(),
         "reward_std": sc.raw_scores.std().item() if len(r) > 1 else 0.0,
-        "score_mean": sc.scores[sc.valid].mean().item() if sc.valid.any() else math.nan,
+        "score_mean": sc.scores[sc.valid].mean().item() if sc.valid.any() else math.nan,  # before any baseline
         "kl": seq_kl,
         "kl_coef": beta,
-        "non_score_reward": (sc.rewards.sum(1) - torch.where(sc.valid, sc.scores, 0.0)).mean().item(),
+        # the KL part of the reward, -beta x sequence KL (before any reward whitening; none with kl_mode=loss)
+        "non_score_reward": -beta * seq_kl if kl_in_reward else 0.0,
         "response_length": lengths.mean().item(),
         "eos_rate": r.ended_with_eos.float().mean().item(),
         "valid_rows": int(sc.valid.sum()),
@@ -744,10 +761,30 @@ def _iteration_metrics(sc: Scored, stats: dict, seq_kl: float, beta: float, n_to
         "s_update": t_update,
         "s_iteration": dt,
     }
+    if sc.centred is not None and int(sc.valid.sum()) > 1:  # the signal the policy sees: spread within prompts
+        row["score_centred_std"] = sc.centred[sc.valid].std().item()
     if sc.ensemble_std is not None:
         row["ensemble_std"] = sc.ensemble_std.mean().item()
     row.update(stats)
     return row
+
+
+def start_validation(cfg, models: Models, reward_fn, out: Path, device, amp, resumed: bool) -> Validator | None:
+    """The held-out validation of ppo / grpo (None when `validation.prompts` is unset); called before a
+    checkpoint is loaded, so the initial answers come from the initial policy."""
+    if not cfg.validation.enabled:
+        return None
+    validator = Validator(cfg.validation, models.tokenizer, reward_fn, cfg.generation, device, amp)
+    validator.start(models.policy, out, resumed)
+    return validator
+
+
+def log_validation(row: dict, iteration: int) -> None:
+    if "val_reward_mean" in row:
+        win = f", judge win-rate vs initial policy {row['val_win_rate']:.3f}" if "val_win_rate" in row else ""
+        log.info("validation after iteration %d: reward %.3f (%+.3f vs initial policy)%s, len %.1f, eos %.2f",
+                 iteration, row["val_reward_mean"], row["val_reward_gain"], win, row["val_length"],
+                 row["val_eos_rate"])
 
 
 __all__ = ["PPOConfig", "RewardConfig", "GenerationConfig", "train"]

@@ -121,7 +121,8 @@ def policy_update(models: Models, opt, sc: Scored, kl_coef: float, cfg: PPOConfi
     stats: dict[str, list[float]] = {k: [] for k in ("policy_loss", "policy_grad_norm", "ratio_max")}
     tw = TokenWeighted()
     trained = models.trained_with_policy() if head is not None else models.policy
-    for micro in _minibatches(len(sc.rollout), cfg, gen):
+    first_dev = 0.0  # max |ratio - 1| in epoch 1's first minibatch: ~0 unless old and new log-probs disagree
+    for step, micro in enumerate(_minibatches(len(sc.rollout), cfg, gen)):
         n_tokens = _global_tokens(sc.mask, micro)
         total, v_total = 0.0, 0.0
         for idx in micro:
@@ -163,12 +164,15 @@ def policy_update(models: Models, opt, sc: Scored, kl_coef: float, cfg: PPOConfi
             tw.add("approx_kl", st["approx_kl"], n)
             tw.add("entropy", ops.masked_mean(ent, mask), n)
             stats["ratio_max"].append(st["ratio_max"].item())
+            if step == 0:
+                first_dev = max(first_dev, st["ratio_dev_max"].item())
         stats["policy_grad_norm"].append(_named_step(opt, trained, cfg.max_grad_norm, "policy"))
         stats["policy_loss"].append(total)
         if head is not None:
             stats.setdefault("value_loss", []).append(v_total)
-    ratio_max = distributed.all_reduce_floats([max(stats.pop("ratio_max"))], "max")[0]
-    return {**_mean_over_steps(stats), "ratio_max": ratio_max, **tw.result()}
+    ratio_max, first_dev = distributed.all_reduce_floats([max(stats.pop("ratio_max")), first_dev], "max")
+    return {**_mean_over_steps(stats), "ratio_max": ratio_max, "ratio_dev_first_minibatch": first_dev,
+            **tw.result()}
 
 
 def _check_finite_loss(loss: torch.Tensor, what: str) -> None:

@@ -37,7 +37,7 @@ from ..checkpoint import (
     save_json,
 )
 from ..config import ConfigError, check_training_fields, field
-from ..data.preferences import PreferenceRow, load_preference_split
+from ..data.preferences import PreferenceRow, drop_ties, load_preference_split
 from ..metrics import MetricsLogger
 from ..models.loading import disable_dropout, is_decoder_only, load_sequence_classifier, load_tokenizer
 from ..optimizer_step import optimizer_step
@@ -73,7 +73,8 @@ class RMConfig:
     warmup_steps: int = field(0, help="linear warm-up steps")
     weight_decay: float = field(0.0, help="AdamW weight decay")
     max_grad_norm: float = field(1.0, help="gradient clipping (global norm)")
-    margin: float = field(0.0, help="margin m in -log sigmoid(r_c - r_r - m); a row's own `margin` field wins")
+    margin: float = field(0.0, help="margin m in -log sigmoid(r_c - r_r - m); with soft labels m x (2p - 1), so a "
+                          "tie gets none; a row's own `margin` field wins")
     use_label_prob: bool = field(True, help="soft labels: cross-entropy against a row's `label_prob` where "
                                  "present (rows without it are hard labels); false = every row hard")
     center_coef: float = field(0.0, help="reward centering: adds coef x mean((r_c + r_r)^2) (Eisenstein et al. "
@@ -99,13 +100,23 @@ class RMConfig:
 class RMData:
     train: list[PreferenceRow]
     eval: list[PreferenceRow]
+    ties_dropped: int = 0  # hard labels (rm.use_label_prob=false): rows with label_prob = 0.5 left out
 
 
 def read_data(cfg: RMConfig, seed: int) -> RMData:
     """Read, validate and split every input file; bad rows fail here, before anything is written."""
     cfg.validate()
     rows, held = load_preference_split("rm", cfg.data, cfg.eval_data, cfg.eval_fraction, seed)
-    return RMData(rows, held)
+    if cfg.use_label_prob:
+        return RMData(rows, held)
+    # hard labels: a tie (label_prob = 0.5) has no winner, and would train as "chosen wins"
+    (rows, n_train), (held, n_held) = drop_ties(rows), drop_ties(held)
+    if n_train + n_held:
+        log.warning("rm: %d tied pairs (label_prob = 0.5) left out of the hard labels", n_train + n_held)
+    if not rows:
+        raise ConfigError("config key 'rm.use_label_prob': every training pair is a tie (label_prob = 0.5); "
+                          "hard labels need a winner")
+    return RMData(rows, held, n_train + n_held)
 
 
 def rewards_of(model, tokenizer, fmt: str, prompts: Sequence[str], answers: Sequence[str], max_length: int,
@@ -323,7 +334,7 @@ def train(run: RunConfig, cfg: RMConfig, resolved_config: dict | None = None, da
     final = out / "model"
     save_reward_model(model, tokenizer, final, bias)
     summary = {"model": cfg.model, "input_format": fmt, "steps": total, "train_pairs": len(data.train),
-               "eval_pairs": len(data.eval), "rlaif_reward_bias": bias,
+               "eval_pairs": len(data.eval), "ties_dropped": data.ties_dropped, "rlaif_reward_bias": bias,
                "train_chosen_reward_std": train_chosen.std().item() if len(train_chosen) > 1 else 0.0,
                "eval": None}
     if data.eval:
