@@ -39,6 +39,8 @@ def _type_name(tp: Any) -> str:
         return " | ".join(_type_name(a) for a in get_args(tp))
     if origin is list:
         return f"list[{_type_name(get_args(tp)[0])}]"
+    if origin is dict:
+        return f"dict[str, {_type_name(get_args(tp)[1])}]"
     if tp is type(None):
         return "null"
     return getattr(tp, "__name__", str(tp))
@@ -77,6 +79,13 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"config key '{key}': expected {_type_name(tp)}, got {value!r}")
         (item_tp,) = get_args(tp)
         return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if value is None:
+            return {}
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise ConfigError(f"config key '{key}': expected a mapping with string keys, got {value!r}")
+        value_tp = get_args(tp)[1]
+        return {k: _coerce(v, value_tp, f"{key}.{k}") for k, v in value.items()}
     if tp is float:
         if isinstance(value, str):  # YAML 1.1 reads `1e-3` (no dot) as a string
             try:
@@ -124,14 +133,26 @@ def to_dict(obj: Any, redact: bool = True) -> Any:
         out = {}
         for f in dataclasses.fields(obj):
             v = getattr(obj, f.name)
-            if redact and isinstance(v, str) and any(m in f.name.lower() for m in SECRET_MARKERS) and v:
-                # keys that hold the *name* of an environment variable are safe to show
-                v = v if f.name.lower().endswith("_env") else "***"
-            out[f.name] = to_dict(v, redact)
+            out[f.name] = to_dict(_redacted(f.name, v) if redact else v, redact)
         return out
+    if isinstance(obj, dict):  # free-form mappings (e.g. judge.extra_body) are redacted key by key too
+        return {k: to_dict(_redacted(k, v) if redact else v, redact) for k, v in obj.items()}
     if isinstance(obj, list):
         return [to_dict(v, redact) for v in obj]
     return obj
+
+
+def _redacted(name: str, value: Any) -> Any:
+    """'***' for a non-empty string under a secret-looking key; keys that hold the *name* of an environment
+    variable (`*_env`) are safe to show."""
+    if isinstance(value, str) and value and any(m in name.lower() for m in SECRET_MARKERS):
+        return value if name.lower().endswith("_env") else "***"
+    return value
+
+
+def redact_mapping(mapping: dict[str, Any]) -> dict[str, Any]:
+    """A free-form mapping with the values of secret-looking keys replaced (for metadata and logs)."""
+    return to_dict(mapping, redact=True)
 
 
 def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
@@ -238,6 +259,7 @@ __all__ = [
     "field",
     "from_dict",
     "to_dict",
+    "redact_mapping",
     "load_config",
     "save_config",
     "describe",

@@ -5,7 +5,10 @@ llama-cpp-python (0.3.36) answers chat completions with `logprobs: {content: [{t
 when asked for `logprobs` and `top_logprobs`; its server keeps logits for every position (logits_all) so it can.
 Every generated token costs it a sort of the vocabulary in Python, so the judge here asks for 2 verdict tokens.
 The server runs with an API key, so the key really travels and is checked, and must appear in no written file.
-SmolLM2-135M is not a good judge (it prefers "A"); these tests pin the mechanics, not its quality.
+SmolLM2-135M is not a good judge (it prefers "A"); these tests pin the mechanics, not its quality. Asked plainly,
+it opens its reply with "<<<" (it copies the template's delimiters) and never emits a label, so the tests hold it to
+the labels with llama.cpp's grammar (`judge.extra_body.grammar`), as a user of a small judge would; llama.cpp then
+still reports the unconstrained top alternatives, from which the soft label is read.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from rlaif.judges import JudgeConfig, make_judge
 KEY_ENV = "RLAIF_LLAMACPP_TEST_KEY"
 KEY = "sk-llamacpp-test-7d1e0b9a42c6"
 MODEL = "smollm2-135m-instruct"
+GRAMMAR = 'root ::= "A" | "B"'  # llama.cpp's GBNF: the verdict is one of the labels
 GOLD = [
     ("What is the capital of France?", "The capital of France is Paris.", "The capital of France is Berlin."),
     ("How many legs does a spider have?", "A spider has eight legs.", "Bananas are rich in potassium."),
@@ -88,6 +92,7 @@ def judge_keys(url: str, cache: Path, prefix: str) -> list[str]:
     return [f"{prefix}.judge.backend=api", f"{prefix}.judge.base_url={url}", f"{prefix}.judge.model={MODEL}",
             f"{prefix}.judge.api_key_env={KEY_ENV}", f"{prefix}.judge.cache_dir={cache}",
             f"{prefix}.judge.max_verdict_tokens=2", f"{prefix}.judge.concurrency=2", f"{prefix}.judge.timeout_s=120",
+            f"{prefix}.judge.extra_body.grammar={GRAMMAR}",
             f"{prefix}.judge.price_input_per_mtok=0.15", f"{prefix}.judge.price_output_per_mtok=0.6"]
 
 
@@ -101,7 +106,7 @@ def assert_key_in_no_file(*folders: Path) -> None:
 def test_soft_labels_come_from_llamacpp_top_logprobs(llama_server, key_env, tmp_path):
     url, _ = llama_server
     cfg = JudgeConfig(backend="api", model=MODEL, base_url=url, api_key_env=KEY_ENV, cache_dir=str(tmp_path / "c"),
-                      max_verdict_tokens=2, concurrency=2, timeout_s=120)
+                      max_verdict_tokens=2, concurrency=2, timeout_s=120, extra_body={"grammar": GRAMMAR})
     judge = make_judge(cfg)
     prompts, good, bad = (list(x) for x in zip(*GOLD))
     calls = judge.prob_first_better(prompts * 2, good + bad, bad + good)
@@ -112,6 +117,7 @@ def test_soft_labels_come_from_llamacpp_top_logprobs(llama_server, key_env, tmp_
     stats = judge.stats()
     assert stats["labels_from_logprobs"] == 4 and stats["labels_from_verdict"] == 0 and stats["http_requests"] == 4
     assert judge.metadata()["soft_labels"].startswith("top_logprobs=20")
+    assert judge.metadata()["extra_body"] == {"grammar": GRAMMAR}
     # the same judgements again: the cache answers, the server is not asked
     again = judge.prob_first_better(prompts * 2, good + bad, bad + good)
     assert [c.prob for c in again] == [c.prob for c in calls] and all(c.cached for c in again)
@@ -137,12 +143,14 @@ def test_rlaif_label_with_the_api_judge_writes_rows(llama_server, key_env, tmp_p
     print("label summary:", json.dumps({k: summary[k] for k in ("pairs_written", "position_consistency_rate",
                                                                  "judge_tokens", "cost_usd")}))
     assert len(rows) == 2 and summary["pairs_failed_this_run"] == 0 and summary["parse_failures"] == 0
+    # the tiny model's answers are gibberish: where SmolLM2 puts under min_label_mass on the labels, the emitted
+    # label is taken by the verdict parser (a hard label) instead of the top logprobs; never a parse failure
     for r in rows:
         j = r["judge"]
-        assert j["backend"] == "api" and j["label_source_ab"] == j["label_source_ba"] == "logprobs"
-        assert 0.0 < j["p_first_better_ab"] < 1.0 and 0.0 < j["p_first_better_ba"] < 1.0
+        assert j["backend"] == "api" and {j["label_source_ab"], j["label_source_ba"]} <= {"logprobs", "verdict"}
+        assert 0.0 <= j["p_first_better_ab"] <= 1.0 and 0.0 <= j["p_first_better_ba"] <= 1.0
     calls = summary["judge_calls_this_run"]
-    assert calls["http_requests"] == 4 and calls["labels_from_logprobs"] == 4
+    assert calls["http_requests"] == 4 and calls["labels_from_logprobs"] + calls["labels_from_verdict"] == 4
     billed = (calls["prompt_tokens"] * 0.15 + calls["completion_tokens"] * 0.6) / 1e6
     assert summary["cost_usd"] == pytest.approx(billed, abs=1e-6) and summary["cost_usd"] > 0
     assert summary["judge_tokens"] == calls["prompt_tokens"] + calls["completion_tokens"]
@@ -165,3 +173,16 @@ def test_judge_audit_with_the_api_judge(llama_server, key_env, tmp_path, capsys)
     assert all(d["source_ab"] == d["source_ba"] == "logprobs" for d in report["pairs_detail"])
     assert 0.0 <= report["accuracy"] <= 1.0 and isinstance(report["reliable"], bool)
     assert_key_in_no_file(out, cache)
+
+
+def test_without_a_grammar_smollm2_emits_no_label_and_the_call_says_so(llama_server, key_env, tmp_path):
+    """The verdict token is where the label is read: SmolLM2 opens with "<<<" (its top alternatives do hold "A" and
+    "B"), so no position emits a label, the strict parser fails on "<<<", and the call is a counted parse failure
+    with P = 0.5, not a label taken from a position whose alternatives merely contain one (issue 19)."""
+    url, _ = llama_server
+    judge = make_judge(JudgeConfig(backend="api", model=MODEL, base_url=url, api_key_env=KEY_ENV, timeout_s=120,
+                                   cache_dir=str(tmp_path / "c"), max_verdict_tokens=2))
+    (call,) = judge.prob_first_better([GOLD[0][0]], [GOLD[0][1]], [GOLD[0][2]])
+    print("raw:", repr(call.raw), "prob:", call.prob)
+    assert call.raw.startswith("<<") and call.parse_failed and call.prob == 0.5
+    assert judge.stats()["parse_failures"] == 1 and judge.stats()["labels_from_logprobs"] == 0

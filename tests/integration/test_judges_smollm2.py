@@ -32,7 +32,9 @@ def test_smollm2_ab_judge_picks_first_whatever_the_order(tmp_path, smollm2_dir):
     assert report["consistency_rate"] <= 0.2  # measured 0.00
     assert report["first_position_rate"] >= 0.9  # measured 1.00: "A" in both orders
     assert not report["reliable"]
-    assert report["judge"]["template_sha256"] and report["parse_failures"] == 0
+    # min_label_mass (0.05): where SmolLM2 puts less than 5 % of its next-token mass on "A" and "B", no soft label
+    # is read (measured: 9 of the 48 orderings); the rest still carry its position bias
+    assert report["judge"]["template_sha256"] and 0 < report["parse_failures"] < 2 * report["pairs"]
 
 
 def test_smollm2_pointwise_is_consistent_by_construction(tmp_path, smollm2_dir):

@@ -486,6 +486,27 @@ def test_chain_of_thought_asks_for_a_rationale_then_the_label(server, tmp_path):
     assert j.id.endswith("+cot") and j.metadata()["chain_of_thought"] is True
 
 
+def test_extra_body_goes_with_the_verdict_request_only_and_keys_the_cache(server, tmp_path):
+    """judge.extra_body (e.g. llama.cpp's grammar) is sent as JSON fields of the verdict request, not of the
+    rationale request; it is part of the cache key, and secret-looking values are redacted in the metadata."""
+    extra = {"grammar": 'root ::= "A" | "B"', "api_token": "tok-should-not-show"}
+    j = make(server, tmp_path, chain_of_thought=True, max_cot_tokens=16, extra_body=extra)
+    j.prob_first_better(["q"], ["the longer answer"], ["short"])
+    rationale, verdict = (c["body"] for c in server.calls)
+    assert "grammar" not in rationale and verdict["grammar"] == extra["grammar"] and verdict["api_token"]
+    assert j.metadata()["extra_body"] == {"grammar": extra["grammar"], "api_token": "***"}
+    # another extra_body is another request: not answered from the cache of the first
+    other = make(server, tmp_path, chain_of_thought=True, max_cot_tokens=16, extra_body={"grammar": "root ::= \"B\""})
+    other.prob_first_better(["q"], ["the longer answer"], ["short"])
+    assert server.requests() == 3 and server.calls[-1]["body"]["grammar"] == 'root ::= "B"'  # rationale cached
+    # from the command line: a mapping key, set as a whole or field by field; not a mapping -> the key is named
+    cfg = load_config(RootConfig, None, ["label.judge.extra_body.grammar=root ::= \"A\" | \"B\"",
+                                         "label.judge.extra_body.n_probs=3"])
+    assert cfg.label.judge.extra_body == {"grammar": 'root ::= "A" | "B"', "n_probs": 3}
+    with pytest.raises(ConfigError, match="label.judge.extra_body"):
+        load_config(RootConfig, None, ["label.judge.extra_body=[1, 2]"])
+
+
 def test_local_judge_chain_of_thought(tiny_model_dir):
     # a random tiny model spreads its mass over the whole vocabulary: no floor on the labels' share
     floor = {"min_label_mass": 0.0}

@@ -202,14 +202,18 @@ def test_adaptive_kl_is_not_updated_without_valid_rows(tmp_path, tiny_model_dir,
 
 
 def test_prompt_mean_baseline_centres_each_prompts_scores(tmp_path, tiny_model_dir, prompts_file):
-    """2 answers per prompt, scores minus their prompt's mean: every batch's scores average exactly 0, while the
-    raw reward (answer length) does not."""
+    """2 answers per prompt, scores minus their prompt's mean (ops.centre_within_groups, tested by hand in
+    tests/ops): the logged score is the one before the baseline (here the raw reward, answer length: with
+    missing_eos=keep nothing changes it), and the spread the policy sees is logged beside it."""
     out = tmp_path / "run"
     assert cli_main(["ppo", *ppo_overrides(out, tiny_model_dir, prompts_file, "ppo.samples_per_prompt=2",
                                            "ppo.score_baseline=prompt_mean", "ppo.missing_eos=keep")]) == 0
-    for row in read_metrics(out):
-        assert row["score_mean"] == pytest.approx(0.0, abs=1e-6) and row["reward_mean"] > 0
+    rows = read_metrics(out)
+    for row in rows:
+        assert row["reward_mean"] > 0 and row["score_mean"] == pytest.approx(row["reward_mean"], rel=1e-6)
+        assert row["score_centred_std"] >= 0
         assert_finite(row, "policy_loss", "value_loss", "kl")
+    assert any(row["score_centred_std"] > 0 for row in rows)  # two answers to a prompt rarely have one length
     for bad, key in ((["ppo.samples_per_prompt=3"], "ppo.samples_per_prompt"),
                      (["ppo.score_baseline=prompt_mean"], "ppo.score_baseline")):
         with pytest.raises(Exception, match=key):

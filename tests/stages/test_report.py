@@ -35,6 +35,7 @@ from rlaif.stages.label import preference_row, summarise
 
 SFT_STEPS, RM_STEPS, PPO_ITERS, N_SAMPLES = 30, 20, 24, 12
 INJECTED = "<script>document.title='PWNED'</script><img src=x onerror=\"document.title='PWNED2'\">"
+REWARD_PLOT = "PPO reward-model score (training batch)"  # the raw RM score, and after the EOS rule
 
 FIRST_BIASED_JUDGE = '''
 import json
@@ -205,7 +206,7 @@ def test_report_has_every_figure_and_plot(run_dir, tmp_path):
     out = write_report(run_dir, tmp_path / "out")
     page = out.read_text(encoding="utf-8")
     plots = svgs(page)
-    for title in ("SFT loss", "RM pairwise accuracy", "RM loss", "PPO reward", "PPO KL to reference", "PPO entropy",
+    for title in ("SFT loss", "RM pairwise accuracy", "RM loss", REWARD_PLOT, "PPO KL to reference", "PPO entropy",
                   "PPO response length", "PPO clip fraction", "PPO EOS rate", "Judge audit on the gold set",
                   "Label confidence: P(chosen better)", "Reward per held-out prompt"):
         assert title in plots, title
@@ -213,7 +214,7 @@ def test_report_has_every_figure_and_plot(run_dir, tmp_path):
     assert polyline_points(plots["SFT loss"]) == SFT_STEPS + 4
     assert polyline_points(plots["PPO EOS rate"]) == PPO_ITERS
     assert polyline_points(plots["PPO entropy"]) == PPO_ITERS - 1  # not logged in the iteration without update
-    reward = plots["PPO reward"]  # the NaN score of iteration 7 splits the score line in two
+    reward = plots[REWARD_PLOT]  # the NaN score of iteration 7 splits the score line in two
     assert len(re.findall(r"<polyline", reward)) == 3 and polyline_points(reward) == 2 * PPO_ITERS - 1
     # no external resource and no script: everything inline
     assert not re.search(r"<script|<link|src=\"http|href=\"http|@import|url\(", page.replace(
@@ -286,7 +287,7 @@ def test_missing_and_broken_stages_do_not_crash(tmp_path):
         fh.write('{"iteration": 4, "score_me')
     (part / "eval" / "eval.json").write_text("{not json", encoding="utf-8")
     page = write_report(part).read_text(encoding="utf-8")
-    assert polyline_points(svgs(page)["PPO reward"]) == 3
+    assert polyline_points(svgs(page)[REWARD_PLOT]) == 3
     assert "1 unreadable line(s) skipped" in page and "eval.json: unreadable" in page
     assert "SFT: not run" in page
 

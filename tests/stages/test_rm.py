@@ -154,11 +154,12 @@ def test_pair_loss_uses_labels_margins_and_centering():
     chosen, rejected = torch.tensor([1.0, 0.5]), torch.tensor([0.0, 1.0])
     cfg = rm.RMConfig(margin=-0.5, center_coef=0.1)
     total, bt, center = rm.pair_loss(chosen, rejected, rows, cfg)
-    # row a: its own margin 0.5 and p = 0.7: d = 0.5 -> 0.7 * 0.4740770 + 0.3 * 0.9740770 = 0.6240770
-    # row b: the config margin -0.5, hard label: d = 0.5 - 1.0 + 0.5 = 0 -> log 2 = 0.6931472 ; mean 0.6586121
-    assert bt.item() == pytest.approx(0.6586121, rel=1e-6)
-    # centering: (1.0 + 0.0)^2 = 1, (0.5 + 1.0)^2 = 2.25 ; mean 1.625 ; total = 0.6586121 + 0.1 * 1.625
-    assert center.item() == pytest.approx(1.625) and total.item() == pytest.approx(0.6586121 + 0.1625, rel=1e-6)
+    # row a: its own margin 0.5 scaled by 2p - 1 = 0.4 (p = 0.7): d = 1.0 - 0.0 - 0.2 = 0.8
+    #   -> 0.7 * log(1 + e^-0.8) + 0.3 * log(1 + e^0.8) = 0.7 * 0.3711007 + 0.3 * 1.1711007 = 0.6111007
+    # row b: the config margin -0.5, hard label: d = 0.5 - 1.0 + 0.5 = 0 -> log 2 = 0.6931472 ; mean 0.6521239
+    assert bt.item() == pytest.approx(0.6521239, rel=1e-6)
+    # centering: (1.0 + 0.0)^2 = 1, (0.5 + 1.0)^2 = 2.25 ; mean 1.625 ; total = 0.6521239 + 0.1 * 1.625
+    assert center.item() == pytest.approx(1.625) and total.item() == pytest.approx(0.6521239 + 0.1625, rel=1e-6)
     # use_label_prob=false: row a becomes a hard label -> log(1 + e^-0.5) = 0.4740770 ; mean 0.5836121
     hard = rm.pair_loss(chosen, rejected, rows, rm.RMConfig(margin=-0.5, use_label_prob=False))[1]
     assert hard.item() == pytest.approx((0.4740770 + math.log(2)) / 2, rel=1e-6)

@@ -10,7 +10,7 @@ both orders.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from ..config import ConfigError, field
 from .base import (
@@ -62,6 +62,10 @@ class JudgeConfig:
                               "for logprobs: strict verdict parser only)")
     max_verdict_tokens: int = field(8, help="api: completion budget of the verdict (the soft label is read at the "
                                     "first label; the rest leaves room for 'Answer: A' for the verdict parser)")
+    extra_body: dict[str, Any] = field(
+        default_factory=dict, help="api: extra JSON fields of the verdict request, for what a server offers beyond "
+        "the OpenAI API, e.g. constrained decoding to the labels: llama.cpp {grammar: 'root ::= \"A\" | \"B\"'}, "
+        "vLLM {guided_choice: [A, B]} (part of the cache key; not sent with a chain-of-thought rationale request)")
     price_input_per_mtok: float = field(0.0, help="api: USD per million prompt tokens (for cost_usd)")
     price_output_per_mtok: float = field(0.0, help="api: USD per million completion tokens (for cost_usd)")
     cache: bool = field(True, help="api: keep every completion in an on-disk cache so a rerun costs nothing")
@@ -112,7 +116,7 @@ def make_judge(cfg: JudgeConfig, device="cpu", autocast=None) -> PairwiseJudge:
                         price_output_per_mtok=cfg.price_output_per_mtok, cache=cfg.cache,
                         cache_dir=cfg.cache_dir or None, chain_of_thought=cfg.chain_of_thought,
                         max_cot_tokens=cfg.max_cot_tokens, pointwise_k=cfg.pointwise_k,
-                        min_label_mass=cfg.min_label_mass)
+                        min_label_mass=cfg.min_label_mass, extra_body=cfg.extra_body)
     from .local import LocalHFJudge
 
     return LocalHFJudge(cfg.model, load_template(cfg.template), device=device, batch_size=cfg.batch_size,

@@ -17,6 +17,12 @@ expected score over the scale labels found at that position (renormalised), else
 digit-splitting tokenizer the token "1" also starts "10"; a server whose tokenizer has "10" as one token is read
 exactly.)
 
+Small judges and constrained decoding: a model that does not answer with a bare label (SmolLM2-135M through
+llama.cpp opens with "<<<", copying the template's delimiters) can be held to the labels by the server, through
+`extra_body` fields sent with the verdict request: llama.cpp's `grammar` (`root ::= "A" | "B"`), vLLM's
+`guided_choice`. llama.cpp then emits a label and still reports the unconstrained top alternatives, so the soft
+label is read from them as above.
+
 The calls of one `prob_first_better` fan out concurrently (asyncio, at most `concurrency` requests in flight,
 `asyncio.run` inside the synchronous method). The client's own retries are off: this module retries 408/409/
 429, 5xx, timeouts, connection errors and unreadable bodies with exponential backoff and full jitter
@@ -50,7 +56,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import ConfigError
+from ..config import ConfigError, redact_mapping
 from .base import JudgeCall, JudgeCallError
 from .templates import JudgeTemplate, cot_messages, render, verdict_messages
 
@@ -250,10 +256,11 @@ class _Request:
     messages: tuple[tuple[tuple[str, str], ...], ...]  # hashable messages: ((("role", r), ("content", c)), ...)
     max_tokens: int
     logprobs: bool
+    verdict: bool = True  # False: a chain-of-thought rationale (no extra_body constraint on its text)
 
     @classmethod
-    def of(cls, messages: list[dict[str, str]], max_tokens: int, logprobs: bool) -> _Request:
-        return cls(tuple(tuple(sorted(m.items())) for m in messages), max_tokens, logprobs)
+    def of(cls, messages: list[dict[str, str]], max_tokens: int, logprobs: bool, verdict: bool = True) -> _Request:
+        return cls(tuple(tuple(sorted(m.items())) for m in messages), max_tokens, logprobs, verdict)
 
     def message_dicts(self) -> list[dict[str, str]]:
         return [dict(m) for m in self.messages]
@@ -318,7 +325,8 @@ class ApiJudge:
                  price_input_per_mtok: float = 0.0,
                  price_output_per_mtok: float = 0.0, cache: bool = True, cache_dir: str | Path | None = None,
                  chain_of_thought: bool = False, max_cot_tokens: int = 256, pointwise_k: float = 10.0,
-                 min_label_mass: float = 0.05, rng: random.Random | None = None):
+                 min_label_mass: float = 0.05, extra_body: dict[str, Any] | None = None,
+                 rng: random.Random | None = None):
         if api_key_env:
             key = os.environ.get(api_key_env)
             if not key:
@@ -336,6 +344,7 @@ class ApiJudge:
         self.price_in, self.price_out = price_input_per_mtok, price_output_per_mtok
         self.chain_of_thought, self.max_cot_tokens = chain_of_thought, max_cot_tokens
         self.pointwise_k, self.min_label_mass = pointwise_k, min_label_mass
+        self.extra_body = dict(extra_body or {})
         self.rng = rng or random.Random()
         self.cache = CompletionCache(Path(cache_dir).expanduser() if cache_dir else default_cache_dir()) \
             if cache else None
@@ -364,6 +373,8 @@ class ApiJudge:
                 "price_usd_per_mtok": {"input": self.price_in, "output": self.price_out}}
         if self.chain_of_thought:
             meta["max_cot_tokens"] = self.max_cot_tokens
+        if self.extra_body:
+            meta["extra_body"] = redact_mapping(self.extra_body)
         if self.template.mode == "pointwise":
             meta.update(scale_labels_used=self.labels, pointwise_k=self.pointwise_k)
         return meta
@@ -476,7 +487,7 @@ class ApiJudge:
         outcomes, rationale = [], None
         if self.chain_of_thought:
             first = await self._fetch(session, _Request.of(cot_messages(self.template, messages),
-                                                           self.max_cot_tokens, False))
+                                                           self.max_cot_tokens, False, verdict=False))
             outcomes.append(first)
             if first.completion is None:
                 return self._reading(None, outcomes, None)
@@ -505,6 +516,8 @@ class ApiJudge:
         params: dict[str, Any] = {"max_tokens": req.max_tokens, "temperature": 0.0}
         if req.logprobs:
             params.update(logprobs=True, top_logprobs=self.top_logprobs)
+        if req.verdict and self.extra_body:  # sent as JSON fields beside the OpenAI ones (openai's extra_body)
+            params["extra_body"] = self.extra_body
         return params
 
     async def _fetch(self, session: _Session, req: _Request) -> _Outcome:
