@@ -52,24 +52,3 @@ def reference_pairs(prompt_file: str | Path, seed: int = 0) -> list[dict]:
         out.append({"id": r["id"], "prompt": r["prompt"], "chosen": r["reference"], "rejected": other["reference"],
                     "judge": {"name": "reference-vs-other-prompt"}})
     return out
-
-
-FILLER = [
-    "I hope this helps! Let me know if you have any other questions.",
-    "It is important to note that this can vary depending on many different factors and circumstances.",
-    "Overall, there are many things to consider, and everyone is different, so it really depends.",
-    "In conclusion, this is a complex topic and there is a lot more that could be said about it.",
-]
-
-
-def concise_pairs(prompt_file: str | Path, seed: int = 0) -> list[dict]:
-    """A learnable style preference: chosen = the row's reference answer, rejected = the same answer with one or
-    two generic filler sentences appended (seeded). A reward model trained on it prefers direct answers."""
-    rows = [json.loads(line) for line in Path(prompt_file).read_text(encoding="utf-8").splitlines() if line.strip()]
-    rng = random.Random(seed)
-    out = []
-    for r in rows:
-        pad = " ".join(rng.sample(FILLER, rng.choice([1, 2])))
-        out.append({"id": r["id"], "prompt": r["prompt"], "chosen": r["reference"],
-                    "rejected": f"{r['reference']} {pad}", "judge": {"name": "reference-vs-padded"}})
-    return out

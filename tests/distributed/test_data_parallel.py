@@ -319,22 +319,24 @@ def test_bad_split_and_single_process_stage_exit_2(tiny_model_dir, prompts_file,
         f"ppo.prompts={prompts_file}", "ppo.batch_size=6", "ppo.micro_batch_size=2",
         "ppo.gradient_accumulation_steps=3", "ppo.iterations=1"]), 2, tmp_path)
     assert proc.returncode != 0
-    assert proc.stderr.count("config key 'ppo.gradient_accumulation_steps'") == 2  # one line per process
+    # each process checks the config, but the launcher stops the others once one exits, so a second line can be
+    # cut off (CI saw one of two for the FSDP case): the error must be there and the exit code must be 2
+    assert proc.stderr.count("config key 'ppo.gradient_accumulation_steps'") >= 1
     assert "exitcode  : 2" in proc.stderr
 
     proc = launch(["-m", "rlaif.cli", "judge-audit", f"run.output_dir={tmp_path / 'audit'}", "run.progress=false"],
                   2, tmp_path)
     assert proc.returncode != 0
-    assert proc.stderr.count("runs in one process, not 2") == 2
+    assert proc.stderr.count("runs in one process, not 2") >= 1
 
     proc = launch(["-m", "rlaif.cli", "demo", f"run.output_dir={tmp_path / 'demo'}"], 2, tmp_path)
     assert proc.returncode != 0
-    assert proc.stderr.count("rlaif demo runs in one process") == 2
+    assert proc.stderr.count("rlaif demo runs in one process") >= 1
     assert not (tmp_path / "demo").exists()
 
     # an accelerate FSDP config is not silently ignored: rlaif does not shard weights, and says so before writing
     proc = launch(_cli("ppo", tmp_path / "fsdp", tiny_model_dir, [f"ppo.prompts={prompts_file}"]), 2, tmp_path,
                   mode="--use_fsdp")
     assert proc.returncode != 0
-    assert proc.stderr.count("accelerate asked for FSDP (ACCELERATE_USE_FSDP=true)") == 2
+    assert proc.stderr.count("accelerate asked for FSDP (ACCELERATE_USE_FSDP=true)") >= 1
     assert not (tmp_path / "fsdp").exists()

@@ -116,7 +116,7 @@ def test_deepspeed_launches_rlaif_does_not_run_exit_2(tiny_model_dir, prompts_fi
     def refused(args: list[str], message: str, out: Path | None, **how) -> None:
         proc = launch(args, 2, tmp_path, **how)
         assert proc.returncode != 0
-        assert proc.stderr.count(message) == 2, proc.stderr[-3000:]  # one line per process, each exits 2
+        assert proc.stderr.count(message) >= 1, proc.stderr[-3000:]  # each process checks; the launcher may stop one first
         assert "exitcode  : 2" in proc.stderr
         assert out is None or not out.exists()  # refused before anything is written
 

@@ -258,7 +258,7 @@ def test_ppo_with_a_shared_critic(tmp_path, tiny_model_dir, prompts_file, monkey
     monkeypatch.setattr(ppo, "build_models", wrapper)
     out = tmp_path / "shared"
     args = ppo_overrides(out, tiny_model_dir, prompts_file, "ppo.critic=shared", "ppo.iterations=3",
-                         "ppo.checkpoint_every=1", "run.keep_checkpoints=3")
+                         "ppo.checkpoint_every=1", "run.keep_checkpoints=3", "ppo.warmup_steps=3")
     assert cli_main(["ppo", *args]) == 0
     models = seen["models"]
     assert models.value is None and models.value_head is not None
@@ -268,6 +268,8 @@ def test_ppo_with_a_shared_critic(tmp_path, tiny_model_dir, prompts_file, monkey
         assert_finite(r, "policy_loss", "value_loss", "vf_clipfrac", "kl", "policy_grad_norm", "value_mean")
     assert rows[0]["value_mean"] == 0.0  # the head starts at V = 0
     assert rows[1]["value_mean"] != 0.0  # and has learnt by the second rollout
+    # one optimizer step per iteration, warmed up over 3: the resumed run below must count its step as the third
+    assert [r["lr"] for r in rows] == pytest.approx([1e-3 / 3, 2e-3 / 3, 1e-3])
     head_final = {k: v.clone() for k, v in models.value_head.state_dict().items()}
     policy_final = {k: v.detach().clone() for k, v in models.policy.named_parameters()}
 
@@ -287,7 +289,7 @@ def test_ppo_with_a_shared_critic(tmp_path, tiny_model_dir, prompts_file, monkey
     monkeypatch.setattr(ppo, "sample_responses", lambda *a, **k: calls.append(1) or sample(*a, **k))
     assert cli_main(["ppo", *ppo_overrides(resumed, tiny_model_dir, prompts_file, "ppo.critic=shared",
                                            "ppo.iterations=3", "ppo.checkpoint_every=1",
-                                           "run.keep_checkpoints=3")]) == 0
+                                           "run.keep_checkpoints=3", "ppo.warmup_steps=3")]) == 0
     assert len(calls) == 1  # only iteration 3 ran again
     models = seen["models"]
     for k, v in models.value_head.state_dict().items():
@@ -397,3 +399,20 @@ def test_first_minibatch_ratio_is_one_with_several_minibatches(tmp_path, tiny_mo
     row = read_metrics(tmp_path)[0]
     assert row["ratio_dev_first_minibatch"] < 1e-5
     assert row["ratio_max"] > 1.0 + 1e-2  # measured 1.11: the steps moved the policy for the later minibatches
+
+
+def test_warm_up_sets_each_groups_rate_from_the_run_wide_step():
+    """ppo.warmup_steps: step k (0-based) of the run gets (k + 1) / W of each group's peak rate (the policy's,
+    then a shared value head's), and the peak from step W - 1 on."""
+    from rlaif.stages.ppo_updates import warm_up
+
+    cfg = ppo.PPOConfig(learning_rate=1e-5, value_learning_rate=1e-4, warmup_steps=4)
+    opt = torch.optim.AdamW([{"params": [torch.nn.Parameter(torch.zeros(1))]},
+                             {"params": [torch.nn.Parameter(torch.zeros(1))]}], lr=1.0)
+    assert warm_up(opt, cfg, 0) == 0.25
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([2.5e-6, 2.5e-5])
+    assert warm_up(opt, cfg, 2) == 0.75
+    assert warm_up(opt, cfg, 3) == 1.0 and warm_up(opt, cfg, 40) == 1.0
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([1e-5, 1e-4])
+    cfg.warmup_steps = 0  # the default: the peak from the first step
+    assert warm_up(opt, cfg, 0) == 1.0

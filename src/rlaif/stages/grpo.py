@@ -79,6 +79,8 @@ class GRPOConfig:
     forward_batch_size: int = field(16, help="answers per no-grad scoring forward pass")
     epochs: int = field(1, help="passes over each iteration's answers (mu in the GRPO paper)")
     learning_rate: float = field(1e-6, help="AdamW learning rate")
+    warmup_steps: int = field(0, help="linear learning-rate warm-up over the first N optimizer steps (AdamW's first "
+                              "steps move every weight by ~lr whatever the gradient's noise)")
     weight_decay: float = field(0.0, help="AdamW weight decay")
     max_grad_norm: float = field(1.0, help="gradient clipping (global norm)")
     clip_eps: float = field(0.2, help="policy ratio clip")
@@ -104,6 +106,7 @@ class GRPOConfig:
 
     def validate(self) -> None:
         self.validation.check("grpo")
+        require_min(self, "grpo", 0, "warmup_steps")
         require_min(self, "grpo", 1, "iterations", "prompts_per_iteration", "micro_batch_size",
                     "gradient_accumulation_steps", "forward_batch_size", "epochs")
         require_min(self, "grpo", 2, "group_size")
@@ -194,7 +197,8 @@ def train(run: RunConfig, cfg: GRPOConfig, resolved_config: dict | None = None) 
             sc = Scored(rollout, scores, raw, valid, mask, logprobs, ref_logprobs, zeros, zeros, kl_tok, adv, zeros,
                         None)
             # 4. policy update with the k3 KL term
-            stats = policy_update(models, opt, sc, cfg.kl_coef, cfg, device, amp, shuffle_gen)  # type: ignore[arg-type]
+            stats = policy_update(models, opt, sc, cfg.kl_coef, cfg, device, amp, shuffle_gen,  # type: ignore[arg-type]
+                                  iteration=it)
         except FloatingPointError as e:  # NaN/inf: stop; the last good checkpoint stays, no weights saved
             raise FloatingPointError(f"iteration {it + 1}: {e}") from None
 

@@ -126,6 +126,8 @@ class PPOConfig:
         "decoding vs one full pass; larger in bf16) that shows as ratio != 1 in the first minibatch")
     ppo_epochs: int = field(1, help="passes over each rollout batch")
     learning_rate: float = field(1e-6, help="policy AdamW learning rate")
+    warmup_steps: int = field(0, help="linear learning-rate warm-up over the policy's first N optimizer steps "
+                              "(AdamW's first steps move every weight by ~lr whatever the gradient's noise)")
     value_learning_rate: float = field(1e-5, help="critic AdamW learning rate")
     weight_decay: float = field(0.0, help="AdamW weight decay")
     max_grad_norm: float = field(1.0, help="gradient clipping (global norm)")
@@ -163,6 +165,7 @@ class PPOConfig:
     def validate(self) -> None:
         self.validation.check("ppo")
         mb = self.micro_batch_size * self.gradient_accumulation_steps
+        require_min(self, "ppo", 0, "warmup_steps")
         require_min(self, "ppo", 1, "iterations", "batch_size", "micro_batch_size", "gradient_accumulation_steps",
                     "forward_batch_size", "ppo_epochs", "samples_per_prompt")
         if self.batch_size % mb:
@@ -689,7 +692,8 @@ def train(run: RunConfig, cfg: PPOConfig, resolved_config: dict | None = None) -
             if distributed.any_true(bool(valid.any())):
                 if models.value is not None:
                     stats.update(value_update(models, opt_value, sc, cfg, device, amp, shuffle_gen))
-                stats.update(policy_update(models, opt_policy, sc, kl_ctl.value, cfg, device, amp, shuffle_gen))
+                stats.update(policy_update(models, opt_policy, sc, kl_ctl.value, cfg, device, amp, shuffle_gen,
+                                           iteration=it))
             else:
                 log.warning("iteration %d: no rollout ended with EOS; update skipped (ppo.missing_eos=drop)", it + 1)
             t_update = time.perf_counter() - t0

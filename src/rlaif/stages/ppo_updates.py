@@ -36,9 +36,14 @@ def _named_step(optimizer, model, max_norm: float, what: str) -> float:
         raise FloatingPointError(f"{what}: {e}") from None
 
 
+def _minibatch_rows(cfg: PPOConfig) -> int:
+    """Rollouts per optimizer step in this process."""
+    return cfg.micro_batch_size * (cfg.gradient_accumulation_steps // distributed.world().size)
+
+
 def _minibatches(n: int, cfg: PPOConfig, gen: torch.Generator):
     """Yield lists of micro-batch index tensors, one list per optimizer step, for every epoch."""
-    mb = cfg.micro_batch_size * (cfg.gradient_accumulation_steps // distributed.world().size)
+    mb = _minibatch_rows(cfg)
     for _ in range(cfg.ppo_epochs):
         perm = torch.randperm(n, generator=gen)
         for s in range(0, n, mb):
@@ -108,11 +113,24 @@ def value_update(models: Models, opt, sc: Scored, cfg: PPOConfig, device, amp, g
     return {**_mean_over_steps(stats), **tw.result()}
 
 
-def policy_update(models: Models, opt, sc: Scored, kl_coef: float, cfg: PPOConfig, device, amp, gen
-                  ) -> dict[str, float]:
+def warm_up(opt, cfg: PPOConfig, step: int) -> float:
+    """Set the learning rate of the policy optimizer's groups (the policy; a shared value head) for optimizer
+    step `step` (0-based, counted over the whole run): linear warm-up over cfg.warmup_steps, then constant.
+    AdamW's first steps move every weight by about the learning rate, whatever the gradient's noise (its second
+    moment is one sample); on 16 rollouts that is the largest policy change of the run. Returns the factor."""
+    factor = ops.linear_with_floor_lr(step, 1, 1.0, 1.0, cfg.warmup_steps)
+    peaks = [cfg.learning_rate, getattr(cfg, "value_learning_rate", cfg.learning_rate)]
+    for group, peak in zip(opt.param_groups, peaks):
+        group["lr"] = peak * factor
+    return factor
+
+
+def policy_update(models: Models, opt, sc: Scored, kl_coef: float, cfg: PPOConfig, device, amp, gen,
+                  iteration: int = 0) -> dict[str, float]:
     """Step C: clipped surrogate on the advantages (+ beta * exact KL when kl_mode=loss, + beta * k3 KL on the
     sampled tokens when kl_mode=k3, GRPO's; + vf_coef * the clipped value loss when the critic is a value head
-    on the policy's backbone, critic=shared: the same forward pass gives both)."""
+    on the policy's backbone, critic=shared: the same forward pass gives both). `iteration` (0-based) places the
+    optimizer steps in the learning-rate warm-up (every iteration takes the same number of steps)."""
     models.policy.train()
     head = getattr(models, "value_head", None)
     return_std = None
@@ -122,7 +140,10 @@ def policy_update(models: Models, opt, sc: Scored, kl_coef: float, cfg: PPOConfi
     tw = TokenWeighted()
     trained = models.trained_with_policy() if head is not None else models.policy
     first_dev = 0.0  # max |ratio - 1| in epoch 1's first minibatch: ~0 unless old and new log-probs disagree
+    steps_per_iteration = cfg.ppo_epochs * -(-len(sc.rollout) // _minibatch_rows(cfg))
+    lr_factor = 1.0
     for step, micro in enumerate(_minibatches(len(sc.rollout), cfg, gen)):
+        lr_factor = warm_up(opt, cfg, iteration * steps_per_iteration + step)
         n_tokens = _global_tokens(sc.mask, micro)
         total, v_total = 0.0, 0.0
         for idx in micro:
@@ -172,7 +193,7 @@ def policy_update(models: Models, opt, sc: Scored, kl_coef: float, cfg: PPOConfi
             stats.setdefault("value_loss", []).append(v_total)
     ratio_max, first_dev = distributed.all_reduce_floats([max(stats.pop("ratio_max")), first_dev], "max")
     return {**_mean_over_steps(stats), "ratio_max": ratio_max, "ratio_dev_first_minibatch": first_dev,
-            **tw.result()}
+            "lr": cfg.learning_rate * lr_factor, **tw.result()}
 
 
 def _check_finite_loss(loss: torch.Tensor, what: str) -> None:
