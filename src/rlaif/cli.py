@@ -11,6 +11,7 @@ import dataclasses
 import logging
 import os
 import sys
+import typing
 from pathlib import Path
 
 STAGES = {
@@ -39,7 +40,8 @@ def _parser() -> argparse.ArgumentParser:
     for name, about in STAGES.items():
         sp = sub.add_parser(name, help=about, description=about, add_help=False)
         sp.add_argument("--config", "-c", help="YAML config file")
-        sp.add_argument("--help", "-h", action="store_true", help="list every config key with its default")
+        sp.add_argument("--help", "-h", action="store_true", help="list this stage's config keys and run.*")
+        sp.add_argument("--all", action="store_true", help="with --help: every stage's keys")
         sp.add_argument("overrides", nargs="*", help="key=value overrides, e.g. ppo.kl_coef=0.1")
     for name, about in PIPELINES.items():
         sp = sub.add_parser(name, help=about, description=about, add_help=False)
@@ -47,7 +49,8 @@ def _parser() -> argparse.ArgumentParser:
             sp.add_argument("pipeline_config", metavar="CONFIG", nargs="?", help="pipeline YAML")
         sp.add_argument("--from", dest="start_from", metavar="STAGE", help="redo STAGE and every later stage")
         sp.add_argument("--only", metavar="STAGE", help="run only STAGE (its inputs must exist)")
-        sp.add_argument("--help", "-h", action="store_true", help="list every config key with its default")
+        sp.add_argument("--help", "-h", action="store_true", help="list the pipeline's and run.* config keys")
+        sp.add_argument("--all", action="store_true", help="with --help: every stage's keys")
         sp.add_argument("overrides", nargs="*", help="key=value overrides, e.g. ppo.iterations=4")
     sub.add_parser("models", help="list built-in model names and where their weights come from")
     rp = sub.add_parser("report", help="write report.html and summary.json for a pipeline run folder")
@@ -70,6 +73,23 @@ def quiet_libraries() -> None:
         hf_logging.disable_progress_bar()
     except ImportError:  # pragma: no cover
         pass
+
+
+def config_help(root: type, command: str, everything: bool = False) -> list[str]:
+    """`rlaif COMMAND --help`: the keys of `run` and of COMMAND's own section (the pipeline's: `pipeline`), or
+    of every section with `--all`."""
+    from .config import describe
+
+    section = {"judge-audit": "judge_audit", "demo": "pipeline"}.get(command, command)
+    fields = [f for f in dataclasses.fields(root) if everything or f.name in ("run", section)]
+    lines = ["config keys:" if everything else f"config keys of run and {section} (--help --all: every stage's):"]
+    for f in fields:
+        lines.append(f"{f.name}:  {f.metadata.get('help', '')}")
+        lines.extend(describe(f.type if isinstance(f.type, type) else typing.get_type_hints(root)[f.name],
+                              f.name + "."))
+    if not everything and command in PIPELINES:
+        lines.append(f"each stage's keys: rlaif <stage> --help ({', '.join(STAGES)}), or rlaif {command} --help --all")
+    return lines
 
 
 def _fail(msg: str, code: int) -> int:
@@ -106,14 +126,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     from . import distributed
-    from .config import ConfigError, describe, load_config, save_config, to_dict
+    from .config import ConfigError, load_config, save_config, to_dict
     from .configs import RootConfig
 
     if args.help:
         usage = {"pipeline": "CONFIG [--from STAGE | --only STAGE]", "demo": "[--from STAGE | --only STAGE]"}.get(
             args.command, "[--config FILE]")
-        print(f"usage: rlaif {args.command} {usage} [key=value ...]\n\nconfig keys:")
-        print("\n".join(describe(RootConfig)))
+        print(f"usage: rlaif {args.command} {usage} [key=value ...]\n")
+        print("\n".join(config_help(RootConfig, args.command, args.all)))
         return 0
     if args.command in PIPELINES:
         from .pipeline import demo_config_path
@@ -128,9 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(RootConfig, args.config, args.overrides)
         distributed.check_launcher_env()  # before anything is written
-        from .deepspeed_zero import check_launch
-
-        check_launch(cfg.run)  # the one-process stages refuse any multi-process launch in setup_run
+        distributed.check_launch(cfg.run)  # the one-process stages refuse any multi-process launch in setup_run
     except ConfigError as e:
         return _fail(str(e), 2)
     try:

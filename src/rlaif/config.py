@@ -9,6 +9,7 @@ Defaults live in the dataclasses and nowhere else.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import types
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
@@ -213,7 +214,8 @@ def describe(cls: type, prefix: str = "") -> list[str]:
     """One line per key: `key (type) = default  help` — the body of `--help`."""
     lines = []
     hints = get_type_hints(cls)
-    for f in dataclasses.fields(cls):
+    own = list(inspect.get_annotations(cls))  # the class's own keys first (a base's shared ones after)
+    for f in sorted(dataclasses.fields(cls), key=lambda f: own.index(f.name) if f.name in own else len(own)):
         tp = hints[f.name]
         if dataclasses.is_dataclass(tp):
             lines.append(f"{prefix}{f.name}:  {f.metadata.get('help', '')}")

@@ -8,13 +8,13 @@ from .config import field
 from .pipeline import PipelineConfig
 from .runtime import RunConfig
 from .stages.audit import AuditConfig
-from .stages.dpo import DPOConfig
+from .stages.dpo_config import DPOConfig
 from .stages.evaluate import EvalConfig
-from .stages.grpo import GRPOConfig
+from .stages.grpo_config import GRPOConfig
 from .stages.label import LabelConfig
-from .stages.ppo import PPOConfig
-from .stages.rm import RMConfig
-from .stages.sft import SFTConfig
+from .stages.ppo_config import PPOConfig
+from .stages.rm_config import RMConfig
+from .stages.sft_config import SFTConfig
 
 
 @dataclass

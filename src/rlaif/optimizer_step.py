@@ -5,8 +5,6 @@ from __future__ import annotations
 import torch
 
 from . import distributed
-from .deepspeed_zero import engine_of
-from .deepspeed_zero import step as engine_step
 from .finite import check_finite_weights
 
 
@@ -19,16 +17,15 @@ def optimizer_step(opt, model: torch.nn.Module, max_norm: float, what: str) -> f
 
     Under DeepSpeed (`distributed.use_deepspeed`) steps 1-4 are the engine's `step()`, which skips the update
     on a non-finite norm."""
-    engine = engine_of(model)
-    if engine is not None:
-        norm = engine_step(engine)
-    else:
+    norm = distributed.engine_step(model)
+    by_engine = norm is not None
+    if not by_engine:
         distributed.all_reduce_gradients(model)
         norm = distributed.clip_grad_norm(model, max_norm)
     if not torch.isfinite(norm):
         opt.zero_grad(set_to_none=True)
         raise FloatingPointError(f"non-finite gradient norm {norm.item()}")
-    if engine is None:
+    if not by_engine:
         opt.step()
         opt.zero_grad(set_to_none=True)
     check_finite_weights(model)  # an update can overflow even from a finite gradient

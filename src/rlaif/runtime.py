@@ -114,13 +114,12 @@ def setup_run(run: RunConfig, data_parallel: bool = False, fsdp: bool = False) -
     stages that cannot shard their models (`fsdp=False`) refuse run.fsdp; a DeepSpeed launch refuses rlaif's
     own sharding keys beside it."""
     from .config import ConfigError
-    from .deepspeed_zero import check_launch
 
     if run.fsdp and not fsdp:
         raise ConfigError("config key 'run.fsdp': this stage trains no model; only rlaif sft, rm, dpo, ppo and "
                           "grpo shard one")
     if data_parallel:  # a one-process stage says so below
-        check_launch(run)
+        distributed.check_launch(run)
     if not run.output_dir:
         raise ConfigError("config key 'run.output_dir': empty (the CLI defaults it to runs/<stage>)")
     out = Path(run.output_dir)

@@ -60,8 +60,8 @@ def _from_step_4(run: Path, to: Path, folder: str) -> Path:
 _ONE_PROCESS_RUNS: dict[str, Path] = {}  # stage -> its 1-process run (the same arguments in every case)
 
 
-@pytest.mark.parametrize(("stage", "zero", "offload"), [("sft", 2, True), ("sft", 3, False), ("rm", 2, False),
-                                                       ("dpo", 3, False)])
+# rm reaches DeepSpeed through the same calls as sft and dpo (stages/training_loop.py)
+@pytest.mark.parametrize(("stage", "zero", "offload"), [("sft", 2, True), ("sft", 3, False), ("dpo", 3, False)])
 def test_deepspeed_training_equals_one_process_and_resumes(stage, zero, offload, tiny_model_dir, tmp_path):
     """11 rows, 2 held out, 4 per step as 4 micro-batches of 1 (2 per process), 6 steps: each epoch ends with a
     1-row step, where one process runs a zero-weight pass to keep DeepSpeed's per-backward reductions in step.
@@ -97,7 +97,7 @@ def test_deepspeed_training_equals_one_process_and_resumes(stage, zero, offload,
     saved = _weights(ckpt6, "model")
     assert _max_diff(saved, {k: v for k, v in _weights(ds, folder).items() if k in saved}) == 0
 
-    if stage != "sft":  # resuming is the same code in rm and dpo (sft.restore_trainer_state)
+    if stage != "sft":  # resuming is the same code in rm and dpo (training_loop.restore_trainer_state)
         return
     # a rerun from step 4 under DeepSpeed: moments, RNG and data position restored, the same end
     resumed = _from_step_4(ds, tmp_path / "resumed", folder)

@@ -79,6 +79,20 @@ def test_scientific_notation_float_override():
     assert cfg.ppo.learning_rate == pytest.approx(0.001)
 
 
+def test_stage_help_lists_its_own_keys_and_all_lists_every_stages(capsys):
+    assert cli_main(["rm", "--help"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) < 150
+    text = "\n".join(lines)
+    assert "rm.learning_rate (float) = 1e-05" in text and "run.output_dir" in text and "  ppo." not in text
+    assert cli_main(["rm", "--help", "--all"]) == 0
+    text = capsys.readouterr().out
+    assert "ppo.kl_coef (float) = 0.05" in text and "dpo.beta" in text and "rm.margin" in text
+    assert cli_main(["demo", "--help"]) == 0
+    text = capsys.readouterr().out
+    assert "pipeline.algorithm" in text and "  rm." not in text and "rlaif demo --help --all" in text
+
+
 def test_help_lists_every_key(capsys):
     assert cli_main(["ppo", "--help"]) == 0
     out = capsys.readouterr().out

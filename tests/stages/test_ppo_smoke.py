@@ -13,7 +13,7 @@ from rlaif.cli import main as cli_main
 from rlaif.config import load_config
 from rlaif.configs import RootConfig
 from rlaif.metrics import read_metrics
-from rlaif.stages import ppo
+from rlaif.stages import ppo, ppo_batch
 
 REWARDS = Path(__file__).resolve().with_name("rewards_for_tests.py")
 
@@ -366,7 +366,7 @@ def test_ppo_with_old_logprobs_taken_while_sampling(critic, tmp_path, tiny_model
     policy_passes: list[str] = []
 
     def counting(name: str):
-        original = getattr(ppo, name)
+        original = getattr(ppo_batch, name)
 
         def wrapped(model, *a, **k):
             if model is seen["models"].policy:
@@ -376,7 +376,7 @@ def test_ppo_with_old_logprobs_taken_while_sampling(critic, tmp_path, tiny_model
         return wrapped
 
     for name in ("response_logprobs_and_values", "response_logprobs"):
-        monkeypatch.setattr(ppo, name, counting(name))
+        monkeypatch.setattr(ppo_batch, name, counting(name))
     out = tmp_path / "sampling"
     assert cli_main(["ppo", *ppo_overrides(out, tiny_model_dir, prompts_file, "ppo.old_logprobs=sampling",
                                            f"ppo.critic={critic}", "ppo.ppo_epochs=1")]) == 0

@@ -350,12 +350,14 @@ def ppo_args(out, policy: str, prompts: str, *extra: str) -> list[str]:
 def test_ppo_takes_the_rm_as_reward_and_critic(tmp_path, tiny_model_dir, tiny_rms, prompts_file, monkeypatch):
     from safetensors.torch import load_file
 
+    from rlaif.rollout.scoring import value_head
+
     seen: dict = {}
     original = ppo.build_models
 
     def wrapper(cfg, device, *rest):
         models = original(cfg, device, *rest)
-        seen["score0"] = ppo.value_head(models.value).weight.detach().clone()
+        seen["score0"] = value_head(models.value).weight.detach().clone()
         return models
 
     monkeypatch.setattr(ppo, "build_models", wrapper)

@@ -13,6 +13,7 @@ Ids are unique (a row without one gets `line-N`). Errors name the file, the line
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,7 +84,8 @@ def drop_ties(rows: list[PreferenceRow]) -> tuple[list[PreferenceRow], int]:
     return kept, len(rows) - len(kept)
 
 
-__all__ = ["PreferenceRow", "load_preferences", "row_from_object", "drop_ties"]
+__all__ = ["PreferenceRow", "PreferenceSplit", "load_preferences", "read_preference_split", "row_from_object",
+           "drop_ties"]
 
 
 def load_preference_split(section: str, data: str, eval_data: str | None, eval_fraction: float, seed: int
@@ -105,3 +107,32 @@ def load_preference_split(section: str, data: str, eval_data: str | None, eval_f
                             f"{section}.eval_fraction=0)")
         return split_eval(rows, eval_fraction, seed)  # type: ignore[return-value,arg-type]
     return rows, []
+
+
+@dataclass
+class PreferenceSplit:
+    """The (train, held-out) preference rows of a stage, after the hard-label rule."""
+
+    train: list[PreferenceRow]
+    eval: list[PreferenceRow]
+    ties_dropped: int = 0  # hard labels: rows with label_prob = 0.5 left out
+
+
+def read_preference_split(section: str, data: str, eval_data: str | None, eval_fraction: float, seed: int,
+                          soft_labels: bool, soft_key: str) -> PreferenceSplit:
+    """`load_preference_split`, then with hard labels (`soft_labels` false; its key `section.soft_key`) every tie
+    left out: a row with label_prob = 0.5 has no winner, and would train as "chosen wins". Every row a tie: a
+    ConfigError naming the key."""
+    from ..config import ConfigError
+
+    rows, held = load_preference_split(section, data, eval_data, eval_fraction, seed)
+    if soft_labels:
+        return PreferenceSplit(rows, held)
+    (rows, n_train), (held, n_held) = drop_ties(rows), drop_ties(held)
+    if n_train + n_held:
+        logging.getLogger(f"rlaif.{section}").warning(
+            "%s: %d tied pairs (label_prob = 0.5) left out of the hard labels", section, n_train + n_held)
+    if not rows:
+        raise ConfigError(f"config key '{section}.{soft_key}': every training pair is a tie (label_prob = 0.5); "
+                          "hard labels need a winner")
+    return PreferenceSplit(rows, held, n_train + n_held)

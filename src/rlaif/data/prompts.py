@@ -79,3 +79,14 @@ def load_prompts(arg: str) -> list[PromptRow]:
     if not rows:
         raise DataError(f"{path}: no prompts (the file is empty)")
     return rows
+
+
+def chat_prompt_ids(tokenizer, row: PromptRow) -> list[int]:
+    """Token ids of a prompt in the tokenizer's chat template (ChatML when it has none), ready to answer."""
+    if getattr(tokenizer, "chat_template", None):
+        ids = tokenizer.apply_chat_template(row.as_chat(), add_generation_prompt=True, tokenize=True)
+        if isinstance(ids, dict) or hasattr(ids, "keys"):
+            ids = ids["input_ids"]
+        return list(ids)
+    text = "".join(f"<|im_start|>{r}\n{c}<|im_end|>\n" for r, c in row.messages) + "<|im_start|>assistant\n"
+    return tokenizer(text, add_special_tokens=False)["input_ids"]

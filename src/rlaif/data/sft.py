@@ -18,9 +18,8 @@ from typing import Any
 import torch
 
 from ..ops.sft import completion_labels
-from ..rollout.generate import chat_prompt_ids
 from .jsonl import DataError, collect_unique, iter_jsonl, require_str
-from .prompts import BUILTIN_PROMPTS, PromptRow, load_prompts, parse_messages
+from .prompts import BUILTIN_PROMPTS, PromptRow, chat_prompt_ids, load_prompts, parse_messages
 
 END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>")
 
@@ -168,7 +167,7 @@ def _conversation_ids(tokenizer, row: SFTRow) -> list[int]:
         if isinstance(ids, dict) or hasattr(ids, "keys"):
             ids = ids["input_ids"]
         return list(ids)
-    # the same text as rollout.generate.chat_prompt_ids' fallback, then the answer closed by EOS
+    # the same text as data.prompts.chat_prompt_ids' fallback, then the answer closed by EOS
     text = "".join(f"<|im_start|>{r}\n{c}<|im_end|>\n" for r, c in row.messages) + "<|im_start|>assistant\n"
     ids = tokenizer(text + row.completion, add_special_tokens=False)["input_ids"]
     return [*ids, tokenizer.eos_token_id]

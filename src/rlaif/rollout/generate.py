@@ -13,7 +13,7 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from .. import distributed
-from ..data.prompts import PromptRow
+from ..data.prompts import PromptRow, chat_prompt_ids
 from ..ops.sampling import sample_tokens
 
 
@@ -58,17 +58,6 @@ class Rollout:
             None if self.logprobs is None else self.logprobs[idx_t],
             None if self.values is None else self.values[idx_t],
         )
-
-
-def chat_prompt_ids(tokenizer, row: PromptRow) -> list[int]:
-    """Token ids of a prompt in the tokenizer's chat template (ChatML when it has none), ready to answer."""
-    if getattr(tokenizer, "chat_template", None):
-        ids = tokenizer.apply_chat_template(row.as_chat(), add_generation_prompt=True, tokenize=True)
-        if isinstance(ids, dict) or hasattr(ids, "keys"):
-            ids = ids["input_ids"]
-        return list(ids)
-    text = "".join(f"<|im_start|>{r}\n{c}<|im_end|>\n" for r, c in row.messages) + "<|im_start|>assistant\n"
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
 def encode_prompts(tokenizer, rows: list[PromptRow], max_prompt_tokens: int) -> PromptBatch:

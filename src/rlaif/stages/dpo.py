@@ -22,191 +22,43 @@ scores to `output_dir/summary.json`.
 from __future__ import annotations
 
 import gc
-import hashlib
 import logging
 import math
-import os
 import time
-from array import array
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
 from tqdm.auto import tqdm
 
 from .. import distributed, ops
-from ..checkpoint import find_resume_checkpoint, load_json, save_checkpoint, save_json, torch_load
-from ..config import ConfigError, check_training_fields, field
-from ..data.preferences import PreferenceRow, drop_ties, load_preference_split
-from ..data.sft import Encoded, SFTRow, collate, encode_row, end_of_turn_ids
+from ..checkpoint import find_resume_checkpoint, load_json, save_checkpoint, save_json
+from ..config import ConfigError
 from ..metrics import MetricsLogger, read_metrics
-from ..models.loading import disable_dropout, load_causal_lm, load_tokenizer, weights_fingerprint
+from ..models.loading import disable_dropout, load_causal_lm, load_tokenizer
 from ..optimizer_step import optimizer_step
 from ..runtime import RunConfig, autocast_for, seed_everything, setup_run
-from .sft import BatchStream, restore_trainer_state, save_model, save_step_checkpoint
+from .dpo_config import DPOConfig
+from .dpo_pairs import (
+    DPOData,
+    EncodedPair,
+    cache_key,
+    encode_pairs,
+    load_reference_cache,
+    pair_smoothing,
+    policy_logps,
+    read_data,
+    save_reference_cache,
+    score_all,
+)
+from .training_loop import BatchStream, optimizer_for, restore_trainer_state, save_model, save_step_checkpoint
 
 log = logging.getLogger("rlaif.dpo")
 
 REFERENCE_CACHE = "reference_logps.pt"
 
 
-@dataclass
-class DPOConfig:
-    policy: str = field("smollm2-135m-instruct", help="starting policy: built-in name, folder (e.g. the SFT "
-                        "output), .gguf or hub id")
-    reference: str | None = field(None, help="frozen reference model (None = the starting policy, the usual "
-                                  "choice); only its log-probabilities are kept, cached in the run folder")
-    data: str = field("", help="preference JSONL of {id, prompt | messages, chosen, rejected, label_prob?} rows, "
-                      "e.g. the output of `rlaif label` (required)")
-    eval_data: str | None = field(None, help="held-out preference JSONL (None = eval_fraction of data)")
-    eval_fraction: float = field(0.1, help="fraction of `data` held out (seeded by run.seed) when eval_data is "
-                                 "None; 0 = no held-out metrics")
-    eval_every: int = field(50, help="held-out metrics every N optimizer steps (also before the first and after "
-                            "the last); 0 = only before and after")
-    eval_batch_size: int = field(8, help="pairs per forward pass when scoring without gradients (reference and "
-                                 "held-out passes)")
-    max_length: int = field(512, help="tokens per prompt + answer; longer prompts lose tokens on the left so the "
-                            "answer fits, an answer that alone does not fit is cut on the right (both counted)")
-    beta: float = field(0.1, help="DPO temperature: the implicit reward is beta x log(pi / pi_ref); larger = "
-                        "stay closer to the reference")
-    label_smoothing: float = field(0.0, help="conservative DPO: assume each label is flipped with this "
-                                   "probability (0 = the original loss); in [0, 0.5)")
-    use_soft_labels: bool = field(True, help="soft labels: a row's `label_prob` p = P(chosen better) is the "
-                                  "target (loss p x -log sig(z) + (1-p) x -log sig(-z)); rows without it are hard; "
-                                  "false = every row hard")
-    epochs: int = field(1, help="passes over the training pairs (ignored when max_steps > 0)")
-    max_steps: int = field(0, help="optimizer steps to run; 0 = epochs x ceil(pairs / batch)")
-    micro_batch_size: int = field(2, help="pairs per forward/backward (2x as many sequences)")
-    gradient_accumulation_steps: int = field(8, help="micro-batches per optimizer step")
-    learning_rate: float = field(1e-6, help="peak AdamW learning rate (DPO wants small ones: 5e-7 .. 5e-6)")
-    lr_schedule: Literal["linear", "cosine"] = field("linear", help="decay after the warm-up, from the peak down "
-                                                      "to min_lr_ratio x peak on the last step")
-    min_lr_ratio: float = field(0.0, help="learning-rate floor as a fraction of the peak; 1 = constant")
-    warmup_steps: int = field(0, help="linear warm-up steps")
-    weight_decay: float = field(0.0, help="AdamW weight decay")
-    max_grad_norm: float = field(1.0, help="gradient clipping (global norm)")
-    disable_dropout: bool = field(True, help="train without dropout, as the reference was scored (exact resume)")
-    gradient_checkpointing: bool = field(False, help="trade compute for activation memory (long inputs on GPU)")
-    checkpoint_every: int = field(50, help="resumable checkpoint every N optimizer steps and at the end "
-                                  "(0 = never)")
-
-    def validate(self) -> None:
-        check_training_fields(self, "dpo")
-        if self.max_length < 2:
-            raise ConfigError("config key 'dpo.max_length': must be >= 2 (a prompt token and an answer token)")
-        if not self.beta > 0:
-            raise ConfigError("config key 'dpo.beta': must be > 0")
-        if not 0.0 <= self.label_smoothing < 0.5:
-            raise ConfigError("config key 'dpo.label_smoothing': must be in [0, 0.5) (0.5 ignores the labels)")
-
-
 # ---------------------------------------------------------------------------------------------------------
 # helpers (each a step of the loop)
-
-
-@dataclass(frozen=True)
-class EncodedPair:
-    chosen: Encoded
-    rejected: Encoded
-    smoothing: float  # per-pair label smoothing e: the loss targets P(chosen better) = 1 - e
-
-
-@dataclass
-class DPOData:
-    train: list[PreferenceRow]
-    eval: list[PreferenceRow]
-    ties_dropped: int = 0  # hard labels (dpo.use_soft_labels=false): rows with label_prob = 0.5 left out
-
-
-def read_data(cfg: DPOConfig, seed: int) -> DPOData:
-    """Read, validate and split every input file; bad rows fail here, before anything is written."""
-    cfg.validate()
-    rows, held = load_preference_split("dpo", cfg.data, cfg.eval_data, cfg.eval_fraction, seed)
-    if cfg.use_soft_labels:
-        return DPOData(rows, held)
-    # hard labels: a tie (label_prob = 0.5) has no winner, and would train as "chosen wins"
-    (rows, n_train), (held, n_held) = drop_ties(rows), drop_ties(held)
-    if n_train + n_held:
-        log.warning("dpo: %d tied pairs (label_prob = 0.5) left out of the hard labels", n_train + n_held)
-    if not rows:
-        raise ConfigError("config key 'dpo.use_soft_labels': every training pair is a tie (label_prob = 0.5); "
-                          "hard labels need a winner")
-    return DPOData(rows, held, n_train + n_held)
-
-
-def pair_smoothing(row: PreferenceRow, cfg: DPOConfig) -> float:
-    """e = 1 - target, target = p (1 - s) + (1 - p) s: the soft label p (1 for hard rows) smoothed by s."""
-    p = row.label_prob if cfg.use_soft_labels and row.label_prob is not None else 1.0
-    return 1.0 - (p * (1.0 - cfg.label_smoothing) + (1.0 - p) * cfg.label_smoothing)
-
-
-def encode_pairs(tokenizer, rows: list[PreferenceRow], cfg: DPOConfig) -> list[EncodedPair]:
-    """Prompt + answer ids with the SFT chat formatting (labels = answer tokens and their end-of-turn token)."""
-    end_ids = end_of_turn_ids(tokenizer)
-
-    def enc(row: PreferenceRow, answer: str) -> Encoded:
-        return encode_row(tokenizer, SFTRow(row.id, (("user", row.prompt),), answer, row.where), cfg.max_length,
-                          end_ids)
-
-    return [EncodedPair(enc(r, r.chosen), enc(r, r.rejected), pair_smoothing(r, cfg)) for r in rows]
-
-
-def policy_logps(model, pairs: list[EncodedPair], pad_id: int, device, amp) -> tuple[torch.Tensor, torch.Tensor]:
-    """(b,) chosen and (b,) rejected summed answer log-probabilities; the 2b sequences share one forward pass."""
-    seqs = [p.chosen for p in pairs] + [p.rejected for p in pairs]
-    batch = {k: v.to(device) for k, v in collate(seqs, pad_id).items()}
-    with amp():
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
-    logps = ops.sequence_logprobs(logits, batch["labels"])  # (2b,) float32
-    return logps[:len(pairs)], logps[len(pairs):]
-
-
-@torch.no_grad()
-def score_all(model, pairs: list[EncodedPair], batch_size: int, pad_id: int, device, amp
-              ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(n,) chosen and (n,) rejected log-probabilities of every pair, without gradients, on the CPU (with N
-    processes each scores every N-th pair and every process gets all n)."""
-    model.eval()
-    chosen, rejected = [torch.zeros(0)], [torch.zeros(0)]
-    mine = distributed.my_items(pairs)
-    for part, weight in distributed.lockstep_chunks(mine, batch_size, pairs[0] if pairs else None, model):
-        c, r = policy_logps(model, part, pad_id, device, amp)
-        if weight:
-            chosen.append(c.float().cpu())
-            rejected.append(r.float().cpu())
-    distributed.reshard(model)
-    return (distributed.gather_items(torch.cat(chosen), len(pairs)),
-            distributed.gather_items(torch.cat(rejected), len(pairs)))
-
-
-def cache_key(reference: str, pairs: dict[str, list[EncodedPair]], device, precision: str) -> str:
-    """What the cached reference log-probabilities depend on: the reference's weights (a fingerprint of its
-    files, not its name: a model retrained in place must not reuse stale log-probabilities), the numerics and
-    every token id."""
-    h = hashlib.sha256(f"{weights_fingerprint(reference)}|{device.type}|{precision}".encode())
-    for name, part in pairs.items():
-        h.update(f"|{name}:{len(part)}".encode())
-        for p in part:
-            for e in (p.chosen, p.rejected):
-                h.update(array("q", [e.prompt_len, len(e.ids), *e.ids]).tobytes())
-    return h.hexdigest()
-
-
-def load_reference_cache(path: Path, key: str) -> dict[str, torch.Tensor] | None:
-    if not path.is_file():
-        return None
-    cached = torch_load(path)
-    if cached.get("key") != key:
-        log.warning("%s was computed for another reference, data or precision: recomputing it", path)
-        return None
-    return cached
-
-
-def save_reference_cache(path: Path, cached: dict) -> None:
-    tmp = path.with_name(f".tmp-{path.name}")
-    torch.save(cached, tmp)
-    os.replace(tmp, path)  # a run killed mid-write leaves no half cache
 
 
 def reference_logps(cfg: DPOConfig, run: RunConfig, out: Path, pairs: dict[str, list[EncodedPair]], policy,
@@ -356,11 +208,8 @@ def train(run: RunConfig, cfg: DPOConfig, resolved_config: dict | None = None, d
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
         model.config.use_cache = False
-    if run.fsdp:  # after the reference log-probs, which the starting policy may have scored whole
-        distributed.shard_model(model)
-    opt = distributed.make_adamw(model.parameters(), shard_state=run.shard_optimizer, lr=cfg.learning_rate,
-                                 weight_decay=cfg.weight_decay)
-    opt = distributed.use_deepspeed(model, opt, cfg.max_grad_norm)  # when the launch asked for DeepSpeed
+    # after the reference log-probs, which the starting policy may have scored whole (run.fsdp shards it here)
+    opt = optimizer_for(model, run, cfg.learning_rate, cfg.weight_decay, cfg.max_grad_norm)
     metrics = MetricsLogger(out, run.report_to, resolved_config, step_key="step")
     start = restore_trainer_state(ckpt, opt, stream, total, log, model) if ckpt is not None else 0
     metrics.truncate_after(start if ckpt is not None else -1)  # each step logged once, step 0 included

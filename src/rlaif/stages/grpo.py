@@ -3,7 +3,7 @@ et al. 2024), sharing PPO's rollout, reward, scoring, update and checkpoint code
 
 One iteration:
 1) take `prompts_per_iteration` prompts and sample `group_size` answers for each (a group's rows contiguous);
-2) score every answer with the reward source (a reward model, a callable or a judge — ppo.py's
+2) score every answer with the reward source (a reward model, a callable or a judge — ppo's
    `RewardConfig`) and apply the missing-EOS policy; old and reference log-probs in one no-grad pass;
 3) advantages per answer: `group`: (r − group mean) / (group std + eps) (or only centred with
    scale_rewards=false); `rloo`: r − mean of the other G−1 answers; broadcast over the answer's tokens;
@@ -17,115 +17,35 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
 from tqdm.auto import tqdm
 
 from .. import distributed, ops
 from ..checkpoint import find_resume_checkpoint, save_checkpoint, torch_load
-from ..config import ConfigError, field, require_min
+from ..config import ConfigError
 from ..data.prompts import load_prompts
 from ..metrics import MetricsLogger
-from ..models.lora import LoraConfig, check_lora, trainable_parameters
 from ..rewards.sources import check_finite, make_reward_source
 from ..rollout.generate import sample_responses
 from ..runtime import RunConfig, autocast_for, seed_everything, setup_run
-from .ppo import (
-    GenerationConfig,
-    PromptStream,
-    RewardConfig,
-    Scored,
-    _load_checkpoint,
-    apply_eos_policy,
+from .grpo_config import GRPOConfig
+from .iteration_checkpoint import load_iteration_checkpoint, save_iteration_checkpoint
+from .ppo_batch import PromptStream, Scored, apply_eos_policy, score_batch
+from .ppo_updates import policy_update
+from .rl_models import (
+    build_optimizers,
     check_data_parallel,
     check_fsdp,
     judge_reward_sources,
     load_policy_and_reference,
-    log_validation,
-    save_iteration_checkpoint,
     save_policy,
-    score_batch,
     start_replicas,
-    start_validation,
 )
-from .ppo_updates import policy_update
-from .validation import ValidationConfig, due, training_prompts
+from .validation import due, log_validation, start_validation, training_prompts
 
 log = logging.getLogger("rlaif.grpo")
-
-
-@dataclass
-class GRPOConfig:
-    policy: str = field("smollm2-135m-instruct", help="policy to train: built-in name, folder, .gguf or hub id")
-    reference: str | None = field(None, help="frozen KL anchor; default: a copy of the initial policy (with LoRA: "
-                                  "the policy with its adapters disabled, no copy; a named one is loaded)")
-    lora: LoraConfig = field(default_factory=LoraConfig, help="LoRA adapters on the policy (r=0: off)")
-    gradient_checkpointing: bool = field(False, help="recompute policy activations in the backward pass (less "
-                                         "memory, slower updates)")
-    prompts: str = field("builtin:demo-train", help="prompt JSONL or builtin:demo-train")
-    reward: RewardConfig = field(default_factory=RewardConfig, help="reward source (as in `rlaif ppo`)")
-    generation: GenerationConfig = field(default_factory=GenerationConfig, help="sampling")
-    advantage: Literal["group", "rloo"] = field(
-        "group", help="group: (r - group mean) / (group std + eps) (GRPO); rloo: r - mean of the other answers")
-    scale_rewards: bool = field(True, help="group advantages: divide by the group's std (false = Dr. GRPO)")
-    iterations: int = field(20, help="iterations (each: sample groups, score, update)")
-    prompts_per_iteration: int = field(8, help="prompts per iteration")
-    group_size: int = field(4, help="G answers sampled per prompt (>= 2)")
-    micro_batch_size: int = field(4, help="answers per forward/backward")
-    gradient_accumulation_steps: int = field(8, help="micro-batches per optimizer step")
-    forward_batch_size: int = field(16, help="answers per no-grad scoring forward pass")
-    epochs: int = field(1, help="passes over each iteration's answers (mu in the GRPO paper)")
-    learning_rate: float = field(1e-6, help="AdamW learning rate")
-    warmup_steps: int = field(0, help="linear learning-rate warm-up over the first N optimizer steps (AdamW's first "
-                              "steps move every weight by ~lr whatever the gradient's noise)")
-    weight_decay: float = field(0.0, help="AdamW weight decay")
-    max_grad_norm: float = field(1.0, help="gradient clipping (global norm)")
-    clip_eps: float = field(0.2, help="policy ratio clip")
-    kl_coef: float = field(0.04, help="beta of the k3 KL(policy || reference) term in the loss (0 = none)")
-    missing_eos: Literal["penalty", "keep"] = field(
-        "penalty", help="answers that hit max_new_tokens without EOS: fixed penalty score, or their own score")
-    missing_eos_penalty: float = field(-1.0, help="score of answers without EOS when missing_eos=penalty")
-    checkpoint_every: int = field(5, help="resumable checkpoint every N iterations (0 = never)")
-    validation: ValidationConfig = field(default_factory=ValidationConfig, help="a held-out signal every N "
-                                         "iterations: reward and judge win-rate against the initial policy on "
-                                         "validation prompts (as in `rlaif ppo`)")
-
-    # what the shared PPO code reads under its own names
-    kl_mode = "k3"
-
-    @property
-    def ppo_epochs(self) -> int:
-        return self.epochs
-
-    @property
-    def batch_size(self) -> int:
-        return self.prompts_per_iteration * self.group_size
-
-    def validate(self) -> None:
-        self.validation.check("grpo")
-        require_min(self, "grpo", 0, "warmup_steps")
-        require_min(self, "grpo", 1, "iterations", "prompts_per_iteration", "micro_batch_size",
-                    "gradient_accumulation_steps", "forward_batch_size", "epochs")
-        require_min(self, "grpo", 2, "group_size")
-        mb = self.micro_batch_size * self.gradient_accumulation_steps
-        if self.batch_size % mb:
-            raise ConfigError(f"config key 'grpo.prompts_per_iteration': prompts_per_iteration x group_size = "
-                              f"{self.batch_size} is not a multiple of micro_batch_size x "
-                              f"gradient_accumulation_steps = {mb}")
-        if self.generation.temperature <= 0:
-            raise ConfigError("config key 'grpo.generation.temperature': GRPO needs sampling (> 0)")
-        if self.generation.top_p < 1.0:
-            raise ConfigError("config key 'grpo.generation.top_p': nucleus sampling draws from the top-p "
-                              "nucleus while the update scores the full softmax(logits / T), so the policy would "
-                              "train off-policy; use top_p=1 (lower the temperature to sample more narrowly)")
-        if self.kl_coef < 0:
-            raise ConfigError("config key 'grpo.kl_coef': must be >= 0")
-        if self.reward.judge_mode != "off":
-            self.reward.judge.validate()
-        check_lora(self.lora, "grpo")
 
 
 def advantages_of(scores: torch.Tensor, mask: torch.Tensor, cfg: GRPOConfig) -> torch.Tensor:
@@ -156,16 +76,14 @@ def train(run: RunConfig, cfg: GRPOConfig, resolved_config: dict | None = None) 
         max_length=cfg.reward.max_length, input_format=cfg.reward.input_format, combine=cfg.reward.combine,
         std_k=cfg.reward.std_k, autocast=amp(),
         extra=judge_reward_sources(cfg, models, device, amp))  # type: ignore[arg-type]
-    opt = distributed.make_adamw(trainable_parameters(models.policy), shard_state=run.shard_optimizer,
-                                 lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    opt = distributed.use_deepspeed(models.policy, opt, cfg.max_grad_norm)  # when the launch asked for DeepSpeed
+    opt, _ = build_optimizers(models, cfg, shard_state=run.shard_optimizer)  # type: ignore[arg-type]
     kl_ctl = ops.make_kl_controller(cfg.kl_coef, None, 1)  # fixed beta; kept in checkpoints like PPO's
     metrics = MetricsLogger(out, run.report_to, resolved_config)
     start, position = 0, 0
     ckpt = find_resume_checkpoint(out, run.resume)
     validator = start_validation(cfg, models, reward_fn, out, device, amp, resumed=ckpt is not None)
     if ckpt is not None:
-        state = _load_checkpoint(ckpt, models, (opt,), kl_ctl, device, "grpo")
+        state = load_iteration_checkpoint(ckpt, models, (opt,), kl_ctl, device, "grpo")
         start, position = state["iteration"], state["prompt_position"]
         log.info("resumed from %s (iteration %d)", ckpt, start)
     metrics.truncate_after(start)

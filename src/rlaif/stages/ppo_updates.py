@@ -11,16 +11,14 @@ the gradients are summed over processes before clipping, so the step equals the 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 
 from .. import distributed, ops
 from ..optimizer_step import optimizer_step
 from ..rollout.scoring import response_logprobs, response_logprobs_and_values, response_values
-
-if TYPE_CHECKING:
-    from .ppo import Models, PPOConfig, Scored
+from .ppo_batch import Scored
+from .ppo_config import PPOConfig
+from .rl_models import Models
 
 
 def _step(optimizer, model, max_norm: float, what: str) -> float:

@@ -21,10 +21,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
 from tqdm.auto import tqdm
@@ -36,109 +33,21 @@ from ..checkpoint import (
     save_checkpoint,
     save_json,
 )
-from ..config import ConfigError, check_training_fields, field
-from ..data.preferences import PreferenceRow, drop_ties, load_preference_split
+from ..config import ConfigError
+from ..data.preferences import PreferenceRow
 from ..metrics import MetricsLogger
 from ..models.loading import disable_dropout, is_decoder_only, load_sequence_classifier, load_tokenizer
 from ..optimizer_step import optimizer_step
-from ..rewards.sources import encode_reward_inputs
 from ..runtime import RunConfig, autocast_for, seed_everything, setup_run
-from .sft import BatchStream, restore_trainer_state, save_model, save_step_checkpoint
+from .rm_config import RMConfig
+from .rm_pairs import RMData, pair_rewards, read_data, rewards_of
+from .training_loop import BatchStream, optimizer_for, restore_trainer_state, save_model, save_step_checkpoint
 
 log = logging.getLogger("rlaif.rm")
 
 
-@dataclass
-class RMConfig:
-    model: str = field("smollm2-135m-instruct", help="backbone: built-in name (smollm2-135m-instruct, minilm-l6), "
-                       "folder or hub id; a decoder can also initialise PPO's critic (ppo.value_init=reward)")
-    data: str = field("", help="preference JSONL of {id, prompt | messages, chosen, rejected, label_prob?, "
-                      "margin?, judge?} rows (required)")
-    eval_data: str | None = field(None, help="held-out preference JSONL (None = eval_fraction of data)")
-    eval_fraction: float = field(0.1, help="fraction of `data` held out (seeded by run.seed) when eval_data is "
-                                 "None; 0 = no held-out accuracy")
-    eval_every: int = field(50, help="held-out accuracy every N optimizer steps (also before the first and "
-                            "after the last); 0 = only before and after")
-    eval_batch_size: int = field(16, help="pairs per held-out forward pass (also for the final bias pass)")
-    max_length: int = field(512, help="tokens per (question, answer) input; decoders keep the end (the answer), "
-                            "encoders cut the longer text; keep ppo.reward.max_length >= this")
-    epochs: int = field(1, help="passes over the training pairs (ignored when max_steps > 0)")
-    max_steps: int = field(0, help="optimizer steps to run; 0 = epochs x ceil(pairs / batch)")
-    micro_batch_size: int = field(4, help="pairs per forward/backward (2x as many sequences)")
-    gradient_accumulation_steps: int = field(8, help="micro-batches per optimizer step")
-    learning_rate: float = field(1e-5, help="peak AdamW learning rate")
-    lr_schedule: Literal["linear", "cosine"] = field("linear", help="decay after the warm-up, from the peak down "
-                                                      "to min_lr_ratio x peak on the last step")
-    min_lr_ratio: float = field(0.1, help="learning-rate floor as a fraction of the peak; 1 = constant")
-    warmup_steps: int = field(0, help="linear warm-up steps")
-    weight_decay: float = field(0.0, help="AdamW weight decay")
-    max_grad_norm: float = field(1.0, help="gradient clipping (global norm)")
-    margin: float = field(0.0, help="margin m in -log sigmoid(r_c - r_r - m); with soft labels m x (2p - 1), so a "
-                          "tie gets none; a row's own `margin` field wins")
-    use_label_prob: bool = field(True, help="soft labels: cross-entropy against a row's `label_prob` where "
-                                 "present (rows without it are hard labels); false = every row hard")
-    center_coef: float = field(0.0, help="reward centering: adds coef x mean((r_c + r_r)^2) (Eisenstein et al. "
-                               "2023 use 0.01); 0 = off")
-    disable_dropout: bool = field(True, help="train without dropout (deterministic rewards, exact resume)")
-    gradient_checkpointing: bool = field(False, help="trade compute for activation memory (long inputs on GPU)")
-    checkpoint_every: int = field(50, help="resumable checkpoint every N optimizer steps and at the end "
-                                  "(0 = never)")
-
-    def validate(self) -> None:
-        check_training_fields(self, "rm")
-        if self.max_length < 4:
-            raise ConfigError("config key 'rm.max_length': must be >= 4")
-        if self.center_coef < 0:
-            raise ConfigError("config key 'rm.center_coef': must be >= 0")
-
-
 # ---------------------------------------------------------------------------------------------------------
 # helpers (each a step of the loop)
-
-
-@dataclass
-class RMData:
-    train: list[PreferenceRow]
-    eval: list[PreferenceRow]
-    ties_dropped: int = 0  # hard labels (rm.use_label_prob=false): rows with label_prob = 0.5 left out
-
-
-def read_data(cfg: RMConfig, seed: int) -> RMData:
-    """Read, validate and split every input file; bad rows fail here, before anything is written."""
-    cfg.validate()
-    rows, held = load_preference_split("rm", cfg.data, cfg.eval_data, cfg.eval_fraction, seed)
-    if cfg.use_label_prob:
-        return RMData(rows, held)
-    # hard labels: a tie (label_prob = 0.5) has no winner, and would train as "chosen wins"
-    (rows, n_train), (held, n_held) = drop_ties(rows), drop_ties(held)
-    if n_train + n_held:
-        log.warning("rm: %d tied pairs (label_prob = 0.5) left out of the hard labels", n_train + n_held)
-    if not rows:
-        raise ConfigError("config key 'rm.use_label_prob': every training pair is a tie (label_prob = 0.5); "
-                          "hard labels need a winner")
-    return RMData(rows, held, n_train + n_held)
-
-
-def rewards_of(model, tokenizer, fmt: str, prompts: Sequence[str], answers: Sequence[str], max_length: int,
-               device, amp) -> tuple[torch.Tensor, int]:
-    """(n,) float32 rewards (raw head outputs, no bias) of n (question, answer) inputs in one forward pass,
-    and how many inputs filled max_length (cut, or exactly that long)."""
-    enc = encode_reward_inputs(tokenizer, fmt, prompts, answers, max_length)
-    n_full = int((enc["attention_mask"].sum(1) >= max_length).sum())
-    enc = {k: v.to(device) for k, v in enc.items()}
-    extra = {"use_cache": False} if fmt == "chat" else {}
-    with amp():
-        logits = model(**enc, **extra).logits
-    return logits[:, 0].float(), n_full
-
-
-def pair_rewards(model, tokenizer, fmt: str, rows: list[PreferenceRow], max_length: int, device, amp
-                 ) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """(b,) chosen and (b,) rejected rewards: the 2b answers share one forward pass."""
-    b = len(rows)
-    r, n_full = rewards_of(model, tokenizer, fmt, [x.prompt for x in rows] * 2,
-                           [x.chosen for x in rows] + [x.rejected for x in rows], max_length, device, amp)
-    return r[:b], r[b:], n_full
 
 
 def pair_loss(chosen: torch.Tensor, rejected: torch.Tensor, rows: list[PreferenceRow], cfg: RMConfig
@@ -273,11 +182,7 @@ def train(run: RunConfig, cfg: RMConfig, resolved_config: dict | None = None, da
         model.gradient_checkpointing_enable()
         if fmt == "chat":
             model.config.use_cache = False
-    if run.fsdp:
-        distributed.shard_model(model)  # weights, gradients and moments: 1/N per process
-    opt = distributed.make_adamw(model.parameters(), shard_state=run.shard_optimizer, lr=cfg.learning_rate,
-                                 weight_decay=cfg.weight_decay)
-    opt = distributed.use_deepspeed(model, opt, cfg.max_grad_norm)  # when the launch asked for DeepSpeed
+    opt = optimizer_for(model, run, cfg.learning_rate, cfg.weight_decay, cfg.max_grad_norm)
     metrics = MetricsLogger(out, run.report_to, resolved_config, step_key="step")
     start = restore_trainer_state(ckpt, opt, stream, total, log, model) if ckpt is not None else 0
     metrics.truncate_after(start if ckpt is not None else -1)  # each step logged once, step 0 included

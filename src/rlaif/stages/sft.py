@@ -21,56 +21,18 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import distributed, ops
-from ..checkpoint import (
-    atomic_dir,
-    find_resume_checkpoint,
-    load_json,
-    save_checkpoint,
-    save_json,
-    torch_load,
-    torch_save,
-)
-from ..config import ConfigError, check_training_fields, field
+from ..checkpoint import find_resume_checkpoint, save_checkpoint
+from ..config import ConfigError
 from ..data.jsonl import DataError
 from ..data.sft import Encoded, collate, encode_rows, load_sft_rows, split_eval
 from ..metrics import MetricsLogger
 from ..models.loading import load_causal_lm, load_tokenizer
 from ..optimizer_step import optimizer_step
-from ..runtime import RunConfig, autocast_for, rng_state, seed_everything, set_rng_state, setup_run
+from ..runtime import RunConfig, autocast_for, seed_everything, setup_run
+from .sft_config import SFTConfig
+from .training_loop import BatchStream, optimizer_for, restore_trainer_state, save_model, save_step_checkpoint
 
 log = logging.getLogger("rlaif.sft")
-
-
-@dataclass
-class SFTConfig:
-    model: str = field("smollm2-135m-instruct", help="model to fine-tune: built-in name, folder, .gguf or hub id")
-    data: str = field("builtin:demo-train", help="JSONL or `datasets` save_to_disk folder of {prompt | messages, "
-                      "completion} or {prompt, chosen, rejected} rows; builtin:demo-train = prompt + reference")
-    eval_data: str | None = field(None, help="held-out rows in the same formats (None = eval_fraction of data)")
-    eval_fraction: float = field(0.0, help="fraction of `data` held out (seeded by run.seed) when eval_data is "
-                                 "None; 0 = no held-out loss")
-    eval_every: int = field(50, help="held-out loss every N optimizer steps (also before the first and after "
-                            "the last); 0 = only before and after")
-    eval_batch_size: int = field(8, help="rows per held-out forward pass")
-    max_length: int = field(1024, help="tokens per example; longer prompts lose tokens on the left so the answer "
-                            "fits, an answer that alone does not fit is cut on the right (both counted)")
-    epochs: int = field(1, help="passes over the training rows (ignored when max_steps > 0)")
-    max_steps: int = field(0, help="optimizer steps to run; 0 = epochs x ceil(rows / batch)")
-    micro_batch_size: int = field(4, help="rows per forward/backward")
-    gradient_accumulation_steps: int = field(8, help="micro-batches per optimizer step (the seeds' 4 x 8)")
-    learning_rate: float = field(9e-6, help="peak AdamW learning rate (the seed's)")
-    min_lr_ratio: float = field(0.3, help="cosine floor as a fraction of the peak (the seed's 30 %); 1 = constant")
-    warmup_steps: int = field(0, help="linear warm-up steps before the cosine decay")
-    weight_decay: float = field(0.0, help="AdamW weight decay")
-    max_grad_norm: float = field(1.0, help="gradient clipping (global norm)")
-    gradient_checkpointing: bool = field(False, help="trade compute for activation memory (long sequences on GPU)")
-    checkpoint_every: int = field(50, help="resumable checkpoint every N optimizer steps and at the end "
-                                  "(0 = never)")
-
-    def validate(self) -> None:
-        check_training_fields(self, "sft")
-        if self.max_length < 2:
-            raise ConfigError("config key 'sft.max_length': must be >= 2 (a prompt token and an answer token)")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -100,35 +62,6 @@ def build_data(cfg: SFTConfig, seed: int, tokenizer) -> SFTData:
                      sum(e.prompt_truncated for e in part), sum(e.completion_truncated for e in part),
                      cfg.max_length)
     return data
-
-
-class BatchStream:
-    """Epochs of seeded shuffles; a step takes up to `batch` rows and never crosses an epoch's end.
-
-    `(epoch, offset)` is all a resume needs.
-    """
-
-    def __init__(self, n: int, batch: int, seed: int, epoch: int = 0, offset: int = 0):
-        self.n, self.batch, self.seed, self.epoch, self.offset = n, batch, seed, epoch, offset
-
-    def _order(self, epoch: int) -> list[int]:
-        g = torch.Generator().manual_seed(self.seed * 100003 + epoch)
-        return torch.randperm(self.n, generator=g).tolist()
-
-    @property
-    def steps_per_epoch(self) -> int:
-        return math.ceil(self.n / self.batch)
-
-    def take(self) -> list[int]:
-        idx = self._order(self.epoch)[self.offset:self.offset + self.batch]
-        self.offset += len(idx)
-        if self.offset >= self.n:
-            self.epoch, self.offset = self.epoch + 1, 0
-        return idx
-
-    @property
-    def progress(self) -> float:
-        return self.epoch + self.offset / self.n
 
 
 def train_step(model, opt, examples: list[Encoded], cfg: SFTConfig, pad_id: int, device, amp) -> dict[str, float]:
@@ -177,57 +110,8 @@ def evaluate(model, examples: list[Encoded], batch_size: int, pad_id: int, devic
     return {"eval_loss": loss, "eval_ppl": math.exp(min(loss, 50.0)), "eval_tokens": int(count)}
 
 
-def save_model(model, tokenizer, folder: Path) -> None:
-    """The final model with its tokenizer (Hugging Face format), written atomically by the main process while
-    the others wait (a sharded model's weights gathered first). sft, rm and dpo."""
-    state = distributed.full_model_state(model)
-    if distributed.is_main():
-        with atomic_dir(folder) as tmp:
-            distributed.save_pretrained(model, tmp, state)
-            tokenizer.save_pretrained(tmp)
-    distributed.barrier()
-
-
-def write_checkpoint(folder: Path, model, opt_state: dict, state: dict, rng: dict | None = None,
-                     model_state: dict | None = None) -> None:
-    """A resumable checkpoint: the model (HF format in `model/`), AdamW state, RNG state(s), trainer state.
-    `model_state`: a sharded model's gathered weights (`distributed.full_model_state`)."""
-    distributed.save_pretrained(model, folder / "model", model_state)
-    torch_save(opt_state, folder / "optimizer.pt")
-    torch_save(rng if rng is not None else rng_state(), folder / "rng.pt")
-    save_json(folder / "trainer_state.json", state)
-
-
-def save_step_checkpoint(out: Path, step: int, model, opt, state: dict, keep: int, save=None) -> None:
-    """Every process's RNG state gathered, the checkpoint written by the main process, the others waiting.
-    `save`: the calling stage's `save_checkpoint` (looked up there, so a test can wrap it per stage)."""
-    rng = distributed.gather_rng_states(rng_state())
-    opt_state = distributed.optimizer_state(opt, model)  # gathered from every process when sharded
-    model_state = distributed.full_model_state(model)
-    if distributed.is_main():
-        (save or save_checkpoint)(
-            out, step, lambda folder: write_checkpoint(folder, model, opt_state, state, rng, model_state), keep)
-    distributed.barrier()
-
-
 # ---------------------------------------------------------------------------------------------------------
 # the loop
-
-
-def restore_trainer_state(ckpt, opt, stream: BatchStream, total: int, log: logging.Logger, model) -> int:
-    """Resume sft/rm/dpo from `ckpt`: optimizer moments, RNG states and the data position; returns the step.
-    A run resumed with another planned length recomputes its learning-rate schedule (warned)."""
-    distributed.load_optimizer_state(opt, torch_load(ckpt / "optimizer.pt"), model)
-    state = load_json(ckpt / "trainer_state.json")
-    rng = distributed.my_rng_state(torch_load(ckpt / "rng.pt"))
-    if rng is not None:
-        set_rng_state(rng)
-    stream.epoch, stream.offset = state["epoch"], state["offset"]
-    if state.get("total_steps") != total:
-        log.warning("resuming a run planned for %s steps with %d steps: the schedule is recomputed",
-                    state.get("total_steps"), total)
-    log.info("resumed from %s (step %d)", ckpt, state["step"])
-    return int(state["step"])
 
 
 def train(run: RunConfig, cfg: SFTConfig, resolved_config: dict | None = None) -> Path:
@@ -254,11 +138,7 @@ def train(run: RunConfig, cfg: SFTConfig, resolved_config: dict | None = None) -
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
         model.config.use_cache = False
-    if run.fsdp:
-        distributed.shard_model(model)  # weights, gradients and moments: 1/N per process
-    opt = distributed.make_adamw(model.parameters(), shard_state=run.shard_optimizer, lr=cfg.learning_rate,
-                                 weight_decay=cfg.weight_decay)
-    opt = distributed.use_deepspeed(model, opt, cfg.max_grad_norm)  # when the launch asked for DeepSpeed
+    opt = optimizer_for(model, run, cfg.learning_rate, cfg.weight_decay, cfg.max_grad_norm)
     metrics = MetricsLogger(out, run.report_to, resolved_config, step_key="step")
     start = restore_trainer_state(ckpt, opt, stream, total, log, model) if ckpt is not None else 0
     metrics.truncate_after(start if ckpt is not None else -1)  # each step logged once, step 0 included
@@ -300,7 +180,7 @@ def train(run: RunConfig, cfg: SFTConfig, resolved_config: dict | None = None) -
         # 7. resumable checkpoint
         if cfg.checkpoint_every and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == total):
             state = {"step": step + 1, "epoch": stream.epoch, "offset": stream.offset, "total_steps": total}
-            save_step_checkpoint(out, step + 1, model, opt, state, run.keep_checkpoints)
+            save_step_checkpoint(out, step + 1, model, opt, state, run.keep_checkpoints, save_checkpoint)
     bar.close()
     metrics.close()
     final = out / "model"

@@ -135,4 +135,22 @@ def due(cfg: ValidationConfig, iteration: int, last: int) -> bool:
     return cfg.enabled and (iteration % cfg.every == 0 or iteration == last)
 
 
+def start_validation(cfg, models, reward_fn, out: Path, device, amp, resumed: bool) -> Validator | None:
+    """The held-out validation of ppo / grpo (None when `validation.prompts` is unset); called before a
+    checkpoint is loaded, so the initial answers come from the initial policy."""
+    if not cfg.validation.enabled:
+        return None
+    validator = Validator(cfg.validation, models.tokenizer, reward_fn, cfg.generation, device, amp)
+    validator.start(models.policy, out, resumed)
+    return validator
+
+
+def log_validation(row: dict, iteration: int) -> None:
+    if "val_reward_mean" in row:
+        win = f", judge win-rate vs initial policy {row['val_win_rate']:.3f}" if "val_win_rate" in row else ""
+        log.info("validation after iteration %d: reward %.3f (%+.3f vs initial policy)%s, len %.1f, eos %.2f",
+                 iteration, row["val_reward_mean"], row["val_reward_gain"], win, row["val_length"],
+                 row["val_eos_rate"])
+
+
 __all__ = ["ValidationConfig", "Validator", "training_prompts", "due"]

@@ -29,6 +29,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .process_group import is_main, world
+
 # the optimizer-state keys of torch's AdamW besides "step"
 ADAM_MOMENTS = ("exp_avg", "exp_avg_sq")
 
@@ -47,7 +49,7 @@ def _env_true(name: str) -> bool:
 def plan_from_env() -> DeepSpeedPlan | None:
     """What an accelerate DeepSpeed launch asked for; None for any other launch. Raises ConfigError for what
     rlaif does not do (a DeepSpeed JSON file of its own, ZeRO stage 0/1, NVMe offload)."""
-    from .config import ConfigError
+    from ..config import ConfigError
 
     if not _env_true("ACCELERATE_USE_DEEPSPEED"):
         return None
@@ -75,7 +77,7 @@ def plan_from_env() -> DeepSpeedPlan | None:
 def check_launch(run) -> DeepSpeedPlan | None:
     """The DeepSpeed plan of this launch (None without one), refused with a ConfigError next to rlaif's own
     sharding keys of `run` (RunConfig)."""
-    from .config import ConfigError
+    from ..config import ConfigError
 
     plan = plan_from_env()
     if plan is None:
@@ -91,7 +93,7 @@ def _deepspeed():
     try:
         import deepspeed
     except ImportError as e:
-        from .config import ConfigError
+        from ..config import ConfigError
 
         raise ConfigError("launcher: accelerate asked for DeepSpeed, which is not installed: "
                           "pip install 'rlaif[deepspeed]'") from e
@@ -124,11 +126,9 @@ def initialize(model: torch.nn.Module, opt: torch.optim.Optimizer, plan: DeepSpe
     learning-rate schedule reaches it). The engine hangs on the model as `model.deepspeed_engine`, and on each of
     `parts`: submodules that are called on their own (a policy sampled from, saved, loaded without its value
     head)."""
-    from . import distributed
-
     ds = _deepspeed()
     engine, zero_opt, _, _ = ds.initialize(model=model, optimizer=opt,
-                                           config=engine_config(plan, max_grad_norm, distributed.world().size))
+                                           config=engine_config(plan, max_grad_norm, world().size))
     for m in (model, *parts):  # a plain attribute, not a submodule (the engine holds the model: registered as
         object.__setattr__(m, "deepspeed_engine", engine)  # a child it would recurse)
     zero_opt.deepspeed_engine = engine
@@ -173,13 +173,11 @@ def local_tensors(model: torch.nn.Module, zero_opt) -> list[torch.Tensor]:
 def full_model_state(model: torch.nn.Module) -> dict | None:
     """ZeRO-3: the whole state dict on the main process ({} elsewhere; a collective: every process calls it).
     None under ZeRO-2, where every process holds the whole weights."""
-    from . import distributed
-
     if not any(is_partitioned(p) for p in model.parameters()):
         return None
     ds = _deepspeed()
     with ds.zero.GatheredParameters(list(model.parameters()), modifier_rank=None):
-        return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()} if distributed.is_main() else {}
+        return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()} if is_main() else {}
 
 
 def _flat_partitions(zero_opt) -> list[torch.Tensor]:
@@ -207,8 +205,6 @@ def optimizer_state(model: torch.nn.Module, zero_opt) -> dict | None:
     {name: {"step", "exp_avg", "exp_avg_sq"}}, "param_groups": [{hyper-parameters, "params": [names]}]}.
     A collective (each moment is assembled from every process's fragment); the main process gets it, the
     others None."""
-    from . import distributed
-
     ds = _deepspeed()
     _link_fragments(zero_opt)
     step = torch.tensor(_step_count(zero_opt))
@@ -221,7 +217,7 @@ def optimizer_state(model: torch.nn.Module, zero_opt) -> dict | None:
                 state[name] = {"step": step.clone(),
                                **{k: m.detach().float().cpu().clone() for k, m in moments.items()}}
             groups[group_id]["params"].append(name)
-    return {"state": state, "param_groups": groups} if distributed.is_main() else None
+    return {"state": state, "param_groups": groups} if is_main() else None
 
 
 def load_optimizer_state(model: torch.nn.Module, zero_opt, saved: dict) -> None:
