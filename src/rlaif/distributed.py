@@ -18,7 +18,6 @@ import torch
 
 from .parallel import deepspeed_zero, fsdp, process_group, zero1
 from .parallel.process_group import (
-    LAUNCHER_PLUGINS,
     World,
     all_gather_object,
     all_reduce,
@@ -249,7 +248,6 @@ def check_replicas(model: torch.nn.Module, what: str) -> None:
 
 
 __all__ = [
-    "LAUNCHER_PLUGINS",
     "World",
     "all_gather_object",
     "all_reduce",
