@@ -4,7 +4,7 @@
 
 Module-level and function-level imports both count; a module may import its own layer. Layers, lowest first:
 ops; config, checkpoint; parallel (the backends); distributed (their interface), optimizer_step, finite, metrics,
-runtime; data, models; rollout, judges, rewards; stages; pipeline, configs, report; cli.
+runtime; data, models; rollout, judges, rewards; stages; pipeline, configs, report, review; cli.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 
 LAYERS = [["ops"], ["config", "checkpoint"], ["parallel"],
           ["distributed", "optimizer_step", "finite", "metrics", "runtime"], ["data", "models"], ["rollout", "judges", "rewards"],
-          ["stages"], ["pipeline", "configs", "report"], ["cli"]]
+          ["stages"], ["pipeline", "rounds", "configs", "report", "review"], ["cli"]]
 
 
 def layer(module: str) -> int:

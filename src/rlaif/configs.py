@@ -8,6 +8,7 @@ from .config import field
 from .pipeline import PipelineConfig
 from .runtime import RunConfig
 from .stages.audit import AuditConfig
+from .stages.critique import CritiqueConfig
 from .stages.dpo_config import DPOConfig
 from .stages.evaluate import EvalConfig
 from .stages.grpo_config import GRPOConfig
@@ -33,5 +34,7 @@ class RootConfig:
                              "with a reward model, a Python reward or a judge")
     eval: EvalConfig = field(default_factory=EvalConfig, help="evaluation (`rlaif eval`): judge win-rate vs a "
                              "baseline with a bootstrap interval, reward, KL, length, diversity, hacking monitors")
+    critique: CritiqueConfig = field(default_factory=CritiqueConfig, help="Constitutional AI's critique-and-revise "
+                                     "phase (`rlaif critique`): SFT and preference rows from revised answers")
     pipeline: PipelineConfig = field(default_factory=PipelineConfig, help="`rlaif pipeline` / `rlaif demo`: which "
                                      "stages run; each feeds the next")

@@ -3,14 +3,18 @@
 `align` trains the policy with `pipeline.algorithm` (ppo | dpo | grpo). Each stage runs in
 `<run.output_dir>/<folder>/` and its output feeds the next:
 
+    critique/critique.jsonl -> sft.data (Constitutional AI: SFT on the revised answers; only with `critique`)
     sft/model               -> label.policy, <algorithm>.policy, eval.baseline   (without sft: sft.model itself)
     audit/audit.json        (the label judge measured on the gold set; shown in the report)
+                            -> label.judge.panel_audit (a panel weighted by its members' audit accuracy)
     label/preferences.jsonl -> rm.data, dpo.data
     rm/model                -> ppo.reward.model, grpo.reward.model, eval.reward_models
     eval.judge              -> ppo.validation.judge, grpo.validation.judge (the held-out signal in training)
     <algorithm>/policy      -> eval.policy         (folders ppo/, dpo/ or grpo/)
     eval/eval.json          -> report.html + summary.json at the top of the run folder
                                (eval-dpo/, eval-grpo/ for the other algorithms, so all three can sit side by side)
+
+`pipeline.rounds: N` adds N-1 rounds of on-policy labels -> rm -> align -> eval in round-<r>/ (rounds.py).
 
 A finished stage leaves `STAGE_DONE.json` and is skipped by a rerun; a stage that died midway resumes from its
 own checkpoints (run.resume=auto) or, for `label`, from the rows already written. `--from STAGE` redoes that stage
@@ -34,7 +38,7 @@ from .config import ConfigError, field, save_config, to_dict
 
 log = logging.getLogger("rlaif.pipeline")
 
-STAGE_ORDER = ("sft", "audit", "label", "rm", "align", "eval")
+STAGE_ORDER = ("critique", "sft", "audit", "label", "rm", "align", "eval")
 ALGORITHMS = ("ppo", "dpo", "grpo")
 DONE = "STAGE_DONE.json"
 
@@ -46,8 +50,23 @@ class PipelineConfig:
     algorithm: Literal["ppo", "dpo", "grpo"] = field(
         "ppo", help="what `align` runs: ppo (reward model + critic), dpo (on the labels directly) or grpo")
     report: bool = field(True, help="write report.html and summary.json at the end")
+    rounds: int = field(1, help="iterative RLAIF: after the first pass, N-1 more rounds of label (by the current "
+                        "policy) -> rm -> align (from where it stopped) -> eval, each in round-<r>/ (rounds.py)")
+    rm_update: Literal["retrain", "continue"] = field(
+        "retrain", help="rounds: the reward model of a round is trained on every round's labels so far, from "
+        "rm.model (retrain) or from the previous round's reward model (continue)")
+    reference: Literal["fixed", "previous"] = field(
+        "fixed", help="rounds: the KL reference of a round is the SFT policy (fixed) or the previous round's policy")
 
     def validate(self) -> None:
+        if self.rounds < 1:
+            raise ConfigError("config key 'pipeline.rounds': must be >= 1")
+        if self.rounds > 1:
+            needed = ["label", "align", "eval"] + (["rm"] if self.algorithm != "dpo" else [])
+            missing = [s for s in needed if s not in self.stages]
+            if missing:
+                raise ConfigError(f"config key 'pipeline.rounds': more than one round needs the stages "
+                                  f"{', '.join(needed)} (missing: {', '.join(missing)})")
         for s in self.stages:
             if s not in STAGE_ORDER:
                 raise ConfigError(f"config key 'pipeline.stages': unknown stage '{s}' ({', '.join(STAGE_ORDER)})")
@@ -77,8 +96,16 @@ def wire(cfg, root: Path):
     labels = str(root / "label" / "preferences.jsonl")
     rm_model = str(root / "rm" / "model")
     r = dataclasses.replace
-    label = r(cfg.label, policy=policy, output="")
-    audit = r(cfg.judge_audit, judge=cfg.label.judge)
+    judge = cfg.label.judge
+    audit_judge = judge
+    if judge.panel and judge.panel_combine == "audit":  # the audit weighs each member; the labels use its weights
+        audit_judge = r(judge, panel_combine="mean", panel_audit="")
+        if "audit" in stages and not judge.panel_audit:
+            judge = r(judge, panel_audit=str(root / "audit" / "audit.json"))
+    label = r(cfg.label, policy=policy, output="", judge=judge)
+    critique = r(cfg.critique, policy=cfg.sft.model, output="")
+    sft = r(cfg.sft, data=str(root / "critique" / "critique.jsonl")) if "critique" in stages else cfg.sft
+    audit = r(cfg.judge_audit, judge=audit_judge)
     rm = r(cfg.rm, data=labels) if "label" in stages else cfg.rm
     ppo = r(cfg.ppo, policy=policy, validation=r(cfg.ppo.validation, judge=cfg.eval.judge),
             reward=r(cfg.ppo.reward, model=[rm_model]) if "rm" in stages else cfg.ppo.reward)
@@ -87,7 +114,8 @@ def wire(cfg, root: Path):
     dpo = r(cfg.dpo, policy=policy, data=labels if "label" in stages else cfg.dpo.data)
     ev = r(cfg.eval, policy=str(root / algo / "policy") if "align" in stages else cfg.eval.policy,
            baseline=policy, reward_models=[rm_model] if "rm" in stages else cfg.eval.reward_models)
-    return r(cfg, label=label, judge_audit=audit, rm=rm, ppo=ppo, grpo=grpo, dpo=dpo, eval=ev)
+    return r(cfg, critique=critique, sft=sft, label=label, judge_audit=audit, rm=rm, ppo=ppo, grpo=grpo, dpo=dpo,
+             eval=ev)
 
 
 def stage_inputs(stage: str, cfg) -> list[Path]:
@@ -95,18 +123,22 @@ def stage_inputs(stage: str, cfg) -> list[Path]:
     algo = cfg.pipeline.algorithm
     align = {"ppo": [cfg.ppo.policy, *cfg.ppo.reward.model], "grpo": [cfg.grpo.policy, *cfg.grpo.reward.model],
              "dpo": [cfg.dpo.policy, cfg.dpo.data]}[algo]
-    paths = {"label": [cfg.label.policy], "rm": [cfg.rm.data], "align": align,
+    paths = {"sft": [cfg.sft.data], "label": [cfg.label.policy], "rm": [cfg.rm.data], "align": align,
              "eval": [cfg.eval.policy, cfg.eval.baseline, *cfg.eval.reward_models]}.get(stage, [])
     return [Path(p) for p in paths if "/" in str(p)]  # built-in names and hub ids are not files
 
 
-def run_stage(stage: str, cfg, root: Path) -> dict:
-    """Run one stage in root/<folder>; returns what it reports for the summary."""
-    run = dataclasses.replace(cfg.run, output_dir=str(root / stage_folder(stage, cfg.pipeline.algorithm)))
+def run_stage(stage: str, cfg, root: Path, folder: str | None = None) -> dict:
+    """Run one stage in root/<folder> (default: the stage's own); returns what it reports for the summary."""
+    run = dataclasses.replace(cfg.run, output_dir=str(root / (folder or stage_folder(stage, cfg.pipeline.algorithm))))
     out = Path(run.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     resolved = to_dict(cfg)
     save_config(cfg, out / "config.yaml")
+    if stage == "critique":
+        from .stages import critique
+
+        return {"output": str(critique.train(run, cfg.critique, resolved))}
     if stage == "sft":
         from .stages import sft
 
@@ -185,6 +217,10 @@ def run_pipeline(cfg, start_from: str | None = None, only: str | None = None) ->
         save_json(done, info)
         timings[folder] = info["seconds"]
         save_json(root / "timings.json", timings)
+    if cfg.pipeline.rounds > 1 and not only:
+        from .rounds import run_rounds
+
+        run_rounds(cfg, root, run_stage)
     if cfg.pipeline.report:
         from .report import write_report
 
@@ -246,6 +282,14 @@ def run_summary_lines(root: Path) -> list[str]:
         lines.append(f"  eval   {algo} vs {Path(ev['baseline']).name or ev['baseline']}: win-rate {ev['win_rate']:.3f} "
                      f"(95% CI {lo:.3f}-{hi:.3f}, {ev['pairs']} pairs){reward}; KL {p['kl_mean']:.2f}")
         lines.extend(f"  WARNING {w}" for w in ev.get("warnings", []))
+    for r in (_read(root / "rounds.json") or {}).get("rounds", []):
+        def f(x, c=None) -> str:
+            return "n/a" if x is None else f"{x:.3f}" + (f" ({c[0]:.3f}-{c[1]:.3f})" if c else "")
+
+        lines.append(f"  round {r['round']}: win-rate vs SFT {f(r['win_rate_vs_sft'], r['ci_vs_sft'])}" +
+                     (f", vs round {r['round'] - 1} {f(r['win_rate_vs_previous'], r['ci_vs_previous'])}; previous "
+                      f"RM accuracy old labels {f(r['previous_rm_accuracy_old_labels'])} -> new on-policy labels "
+                      f"{f(r['previous_rm_accuracy_new_labels'])}" if r["round"] > 1 else ""))
     if (root / "report.html").exists():
         lines.append(f"report: {root / 'report.html'}")
     return lines

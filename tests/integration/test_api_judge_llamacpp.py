@@ -164,7 +164,8 @@ def test_judge_audit_with_the_api_judge(llama_server, key_env, tmp_path, capsys)
                             for i, (q, b, w) in enumerate(GOLD)), encoding="utf-8")
     out, cache = tmp_path / "audit", tmp_path / "cache"
     rc = cli_main(["judge-audit", f"run.output_dir={out}", "run.progress=false", f"judge_audit.gold={gold}",
-                   *judge_keys(url, cache, "judge_audit")])
+                   *judge_keys(url, cache, "judge_audit"),  # the bias probes (46 more calls) are tested elsewhere
+                   "judge_audit.verbosity_probes=''", "judge_audit.padding=false", "judge_audit.self_probes=''"])
     printed = capsys.readouterr().out
     print(printed)
     assert rc == 0 and "judge audit: api:smollm2-135m-instruct:pairwise" in printed

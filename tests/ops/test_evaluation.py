@@ -47,3 +47,23 @@ def test_sign_disagreement_skips_undecided():
     # decided by both: items 0, 1, 2 ; opposite signs at 1 and 2 -> 2/3
     assert ops.sign_disagreement(a, b) == pytest.approx(2 / 3)
     assert ops.sign_disagreement(torch.zeros(3), torch.ones(3)) == 0.0
+
+
+def test_cohens_kappa_hand_computed():
+    # p_o = 3/4; rater a: (½, ½), rater b: (¼, ¾) -> p_e = ⅛ + ⅜ = ½ -> kappa = (¾ − ½) / ½ = ½
+    assert ops.cohens_kappa([0, 0, 1, 1], [0, 1, 1, 1], 2) == pytest.approx(0.5)
+    # perfect agreement over three categories -> 1; systematic disagreement on two -> p_o 0, p_e ½ -> −1
+    assert ops.cohens_kappa([0, 1, 2, 2], [0, 1, 2, 2], 3) == pytest.approx(1.0)
+    assert ops.cohens_kappa([0, 1, 0, 1], [1, 0, 1, 0], 2) == pytest.approx(-1.0)
+    # both raters always use the same single category: chance agreement is 1, kappa undefined
+    assert ops.cohens_kappa([1, 1], [1, 1], 3) != ops.cohens_kappa([1, 1], [1, 1], 3)  # NaN
+    with pytest.raises(ValueError, match="categories"):
+        ops.cohens_kappa([0, 3], [0, 1], 3)
+
+
+def test_wilson_interval_hand_computed():
+    # 8 of 10, z = 1.96: denom 1.38416, center 0.992080 / 1.38416 = 0.716738,
+    # half = 1.96 · sqrt(0.016 + 0.009604) / 1.38416 = 0.226579
+    lo, hi = ops.wilson_interval(8, 10)
+    assert (lo, hi) == pytest.approx((0.490157, 0.943319), abs=1e-6)
+    assert ops.wilson_interval(0, 5)[0] == 0.0 and ops.wilson_interval(5, 5)[1] == pytest.approx(1.0)

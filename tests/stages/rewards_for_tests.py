@@ -46,3 +46,8 @@ def recording_length_reward(prompts: list[str], responses: list[str]) -> list[fl
 def longer_wins(prompts: list[str], firsts: list[str], seconds: list[str]) -> list[float]:
     """A pairwise judge: P(first better) = 0.9 for the longer answer, 0.1 for the shorter, 0.5 on equal length."""
     return [0.9 if len(f) > len(s) else 0.1 if len(f) < len(s) else 0.5 for f, s in zip(firsts, seconds)]
+
+
+def always_first(prompts: list[str], firsts: list[str], seconds: list[str]) -> list[float]:
+    """A judge with pure position bias: P(first better) = 0.8 whatever the answers."""
+    return [0.8 for _ in firsts]

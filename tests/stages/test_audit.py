@@ -17,8 +17,9 @@ JUDGES = '''
 import json
 from importlib import resources
 
-GOLD = [json.loads(x) for x in (resources.files("rlaif") / "assets" / "judge" / "gold.jsonl").read_text().splitlines()]
-BETTER = {g["better"] for g in GOLD}
+GOLD = [json.loads(x) for name in ("gold.jsonl", "verbosity.jsonl")
+        for x in (resources.files("rlaif") / "assets" / "judge" / name).read_text().splitlines()]
+BETTER = {g["better"] for g in GOLD}  # an oracle on the gold set and on the verbosity probes
 
 
 def oracle(prompts, firsts, seconds):

@@ -195,7 +195,8 @@ def test_good_prompt_file_and_builtin(tmp_path):
                                 '{"role": "user", "content": "Why?"}], "reference": "Because."}\n')
     rows = load_prompts(str(p))
     assert [r.id for r in rows] == ["a", "line-2"]
-    assert rows[1].text == "Why?" and rows[1].reference == "Because."
+    assert rows[1].last_user == "Why?" and rows[1].reference == "Because."
+    assert rows[1].text == "System: Be brief.\n\nUser: Why?"  # what a judge or RM reads: the whole conversation
     assert rows[1].as_chat()[0] == {"role": "system", "content": "Be brief."}
     assert len(load_prompts("builtin:demo-train")) > 0
 

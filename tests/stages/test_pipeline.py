@@ -152,3 +152,47 @@ def test_shipped_configs_load(path):
     if path == "demo":
         assert cfg.pipeline.stages == ["sft", "audit", "label", "rm", "align", "eval"]
         assert cfg.eval.prompts == "builtin:demo-heldout" and "heldout" not in cfg.label.prompts + cfg.ppo.prompts
+
+
+def test_two_rounds_resume_after_a_kill_inside_round_2(tmp_path, tiny_model_dir, prompts_file):
+    config = tiny_pipeline(tmp_path, tiny_model_dir, prompts_file, stages=("sft", "label", "rm", "align", "eval"))
+    cfg = yaml.safe_load(config.read_text())
+    cfg["pipeline"]["rounds"] = 2
+    config.write_text(yaml.safe_dump(cfg))
+    root, r2 = tmp_path / "run", tmp_path / "run" / "round-2"
+    cmd = [sys.executable, "-m", "rlaif.cli", "pipeline", str(config)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    try:
+        deadline = time.time() + 600
+        while time.time() < deadline and proc.poll() is None and not (r2 / "label" / DONE).exists():
+            time.sleep(0.05)
+        assert proc.poll() is None, "the pipeline finished before it could be killed"
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    assert not (r2 / "ppo" / DONE).exists()
+    labels_r2 = (r2 / "label" / "preferences.jsonl").read_text()
+    rc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, timeout=900)
+    log = rc.stdout.decode()
+    assert rc.returncode == 0, log[-3000:]
+    assert "round 2: label" not in log and "round 2: align" in log  # resumed where it stopped
+    assert (r2 / "label" / "preferences.jsonl").read_text() == labels_r2
+    for folder in ("rm_shift", "rm", "ppo", "eval", "eval-prev"):
+        assert (r2 / folder / DONE).is_file(), folder
+    # round 2 starts from round 1's policy, labels its answers, trains the RM on both rounds' labels
+    assert yaml.safe_load((r2 / "label" / "config.yaml").read_text())["label"]["policy"] == str(root / "ppo" / "policy")
+    ids = [json.loads(x)["id"] for x in (r2 / "label" / "all_preferences.jsonl").read_text().splitlines()]
+    assert {i.split("/")[0] for i in ids} == {"r1", "r2"} and len(set(ids)) == len(ids)
+    ppo_cfg = yaml.safe_load((r2 / "ppo" / "config.yaml").read_text())["ppo"]
+    assert ppo_cfg["policy"] == str(root / "ppo" / "policy") and ppo_cfg["reference"] == str(root / "sft" / "model")
+    assert ppo_cfg["reward"]["model"] == [str(r2 / "rm" / "model")]
+    prev = json.loads((r2 / "eval-prev" / "eval.json").read_text())
+    assert prev["baseline"] == str(root / "ppo" / "policy") and prev["policy"] == str(r2 / "ppo" / "policy")
+    shift = json.loads((r2 / "rm_shift.json").read_text())
+    assert 0.0 <= shift["accuracy_new_labels"] <= 1.0 and shift["pairs_new"] > 0
+    rounds = json.loads((root / "rounds.json").read_text())["rounds"]
+    assert [r["round"] for r in rounds] == [1, 2] and rounds[1]["win_rate_vs_previous"] == prev["win_rate"]
+    assert rounds[1]["previous_rm_accuracy_new_labels"] == shift["accuracy_new_labels"]
+    page = (root / "report.html").read_text()
+    assert "Rounds (iterative RLAIF)" in page and "round 2: win-rate vs SFT" in log

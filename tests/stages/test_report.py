@@ -7,17 +7,15 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import re
-import shutil
 import struct
-import subprocess
 import zlib
 from html import unescape
 from pathlib import Path
 
 import pytest
+from browser import chromium, headless
 
 from rlaif.checkpoint import save_json
 from rlaif.cli import main as cli_main
@@ -239,6 +237,7 @@ def test_report_has_every_figure_and_plot(run_dir, tmp_path):
     # the biased judge is right on every gold pair but flips with the order on some: flagged, and warned about
     audit = page[page.index('id="audit"'):page.index('id="label"')]
     assert "UNRELIABLE" in audit and "position consistency" in audit
+    assert "Biases beyond position" in audit and "length_gap" in audit and "self_preference" in audit
     assert "judge audit: the judge is UNRELIABLE" in box
 
 
@@ -302,34 +301,6 @@ def test_cli_report(run_dir, tmp_path, capsys):
 
 # ---------------------------------------------------------------------------------------------------------
 # a real browser
-
-
-def chromium() -> str | None:
-    """Debian's Chromium; installed here when missing and we may (root, or passwordless sudo).
-
-    None only when it is absent and cannot be installed; an install that fails for another reason fails the test.
-    """
-    if found := shutil.which("chromium"):
-        return found
-    if os.geteuid() == 0:
-        prefix = []
-    elif shutil.which("sudo") and subprocess.run(["sudo", "-n", "true"], capture_output=True).returncode == 0:
-        prefix = ["sudo", "-n"]
-    else:
-        return None
-    for args in (["update", "-qq"], ["install", "-y", "--no-install-recommends", "chromium"]):
-        res = subprocess.run([*prefix, "env", "DEBIAN_FRONTEND=noninteractive", "apt-get", *args],
-                             capture_output=True, text=True, timeout=900)
-        if res.returncode:
-            pytest.fail(f"apt-get {' '.join(args)} failed: {res.stderr[-1500:]}")
-    return shutil.which("chromium")
-
-
-def headless(browser: str, profile: Path, *args: str) -> subprocess.CompletedProcess:
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             "--disable-dev-shm-usage", f"--user-data-dir={profile}"]
-    return subprocess.run([browser, *flags, *args], capture_output=True, text=True, timeout=180)
 
 
 def png_pixels(path: Path) -> tuple[int, int, list[bytes]]:

@@ -252,13 +252,17 @@ def test_non_utf8_names_the_line(tmp_path):
         load_preferences(str(path))
 
 
-def test_messages_rows_show_the_last_user_turn(tmp_path):
+def test_messages_rows_keep_the_conversation(tmp_path):
     path = write_jsonl(tmp_path / "chat.jsonl", [
         {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"}],
          "chosen": "4", "rejected": "5", "label_prob": 1, "margin": 0},
+        {"messages": [{"role": "user", "content": "3+3?"}], "chosen": "6", "rejected": "7"},
     ])
-    (row,) = load_preferences(path)
-    assert (row.id, row.prompt, row.label_prob, row.margin) == ("line-1", "2+2?", 1.0, 0.0)
+    row, single = load_preferences(path)
+    # the reward model reads the whole conversation as a transcript; DPO encodes the turns themselves
+    assert (row.id, row.prompt, row.label_prob, row.margin) == ("line-1", "System: Be brief.\n\nUser: 2+2?", 1.0, 0.0)
+    assert row.turns == (("system", "Be brief."), ("user", "2+2?"))
+    assert (single.prompt, single.messages, single.turns) == ("3+3?", None, (("user", "3+3?"),))  # a prompt row
 
 
 @pytest.mark.parametrize("where", ["data", "eval_data"])

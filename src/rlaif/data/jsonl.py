@@ -46,6 +46,19 @@ def require_str(obj: dict[str, Any], key: str, where: str, allow_empty: bool = F
     return v
 
 
+def cut_torn_tail(path: str | Path) -> bool:
+    """Remove a partial last line (no trailing newline) that a kill left in an appended JSONL; True if cut."""
+    p = Path(path)
+    if not p.exists():
+        return False
+    data = p.read_bytes()
+    if not data or data.endswith(b"\n"):
+        return False
+    with open(p, "r+b") as fh:
+        fh.truncate(data.rfind(b"\n") + 1)
+    return True
+
+
 def append_jsonl(path: str | Path, obj: dict[str, Any]) -> None:
     """Append one row and flush it to disk, so a kill loses at most the row in flight."""
     with open(path, "a", encoding="utf-8") as fh:

@@ -1,8 +1,9 @@
 """Preference pairs for reward-model training: `{"id", "prompt", "chosen", "rejected", "label_prob"?, "margin"?,
 "judge"?}` JSONL rows.
 
-- `prompt`: the question (or `messages` ending with a user turn: the reward model, like PPO's reward source,
-  is shown the last user turn);
+- `prompt`: the question, or `messages` (a conversation ending with a user turn): the reward model and the judge
+  read the conversation as a transcript (`history_text`), DPO encodes the turns in the chat template as SFT
+  and PPO do; with both, `messages` wins;
 - `chosen`, `rejected`: non-empty answers, `chosen` the preferred one;
 - `label_prob`: optional number in [0, 1], the probability that `chosen` is better (soft labels, e.g. from an
   AI judge asked in both orders);
@@ -13,25 +14,30 @@ Ids are unique (a row without one gets `line-N`). Errors name the file, the line
 
 from __future__ import annotations
 
-import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .jsonl import DataError, collect_unique, iter_jsonl, require_str
-from .prompts import parse_messages
+from .prompts import history_text, parse_messages
 
 
 @dataclass(frozen=True)
 class PreferenceRow:
     id: str
-    prompt: str  # the question the reward model sees (the last user turn)
+    prompt: str  # the question the reward model and judge see (a multi-turn row: the transcript, history_text)
     chosen: str
     rejected: str
     label_prob: float | None = None  # P(chosen is better); None = a hard label (1)
     margin: float | None = None  # per-row margin; None = the config's
     where: str = field(default="", compare=False)  # "file:line" for messages
+    messages: tuple[tuple[str, str], ...] | None = None  # the conversation before the answers (None: one user turn)
+
+    @property
+    def turns(self) -> tuple[tuple[str, str], ...]:
+        """The conversation the answers follow (one user turn for a `prompt` row)."""
+        return self.messages if self.messages is not None else (("user", self.prompt),)
 
 
 def _number(obj: dict[str, Any], key: str, where: str) -> float | None:
@@ -47,10 +53,14 @@ def _number(obj: dict[str, Any], key: str, where: str) -> float | None:
 
 def row_from_object(obj: dict[str, Any], where: str, fallback_id: str) -> PreferenceRow:
     """One validated row; raises DataError naming `where` and the field."""
-    if "prompt" in obj:
+    messages = None
+    if "messages" in obj:
+        messages = parse_messages(obj, where)
+        prompt = history_text(messages)
+        if len(messages) == 1 and messages[0][0] == "user":
+            messages = None  # the same as a `prompt` row
+    elif "prompt" in obj:
         prompt = require_str(obj, "prompt", where)
-    elif "messages" in obj:
-        prompt = parse_messages(obj, where)[-1][1]
     else:
         raise DataError(f"{where}: missing field 'prompt' (or 'messages')")
     chosen = require_str(obj, "chosen", where)
@@ -64,7 +74,7 @@ def row_from_object(obj: dict[str, Any], where: str, fallback_id: str) -> Prefer
         rid = fallback_id
     if isinstance(rid, bool) or not isinstance(rid, (str, int)):
         raise DataError(f"{where}: field 'id' must be a string or an integer")
-    return PreferenceRow(str(rid), prompt, chosen, rejected, label_prob, margin, where)
+    return PreferenceRow(str(rid), prompt, chosen, rejected, label_prob, margin, where, messages)
 
 
 def load_preferences(arg: str | Path) -> list[PreferenceRow]:
@@ -84,55 +94,4 @@ def drop_ties(rows: list[PreferenceRow]) -> tuple[list[PreferenceRow], int]:
     return kept, len(rows) - len(kept)
 
 
-__all__ = ["PreferenceRow", "PreferenceSplit", "load_preferences", "read_preference_split", "row_from_object",
-           "drop_ties"]
-
-
-def load_preference_split(section: str, data: str, eval_data: str | None, eval_fraction: float, seed: int
-                          ) -> tuple[list[PreferenceRow], list[PreferenceRow]]:
-    """(train, held-out) preference rows of a stage (`rm`, `dpo`): `eval_data` when given, else a seeded
-    `eval_fraction` split of `data`, else no held-out rows. Bad rows fail here, naming file:line."""
-    from ..config import ConfigError
-    from .sft import split_eval
-
-    if not data:
-        raise ConfigError(f"config key '{section}.data': set a preference JSONL file (e.g. the output of "
-                          "`rlaif label`)")
-    rows = load_preferences(data)
-    if eval_data is not None:
-        return rows, load_preferences(eval_data)
-    if eval_fraction > 0:
-        if len(rows) < 2:
-            raise DataError(f"{data}: 1 pair cannot be split for {section}.eval_fraction (set "
-                            f"{section}.eval_fraction=0)")
-        return split_eval(rows, eval_fraction, seed)  # type: ignore[return-value,arg-type]
-    return rows, []
-
-
-@dataclass
-class PreferenceSplit:
-    """The (train, held-out) preference rows of a stage, after the hard-label rule."""
-
-    train: list[PreferenceRow]
-    eval: list[PreferenceRow]
-    ties_dropped: int = 0  # hard labels: rows with label_prob = 0.5 left out
-
-
-def read_preference_split(section: str, data: str, eval_data: str | None, eval_fraction: float, seed: int,
-                          soft_labels: bool, soft_key: str) -> PreferenceSplit:
-    """`load_preference_split`, then with hard labels (`soft_labels` false; its key `section.soft_key`) every tie
-    left out: a row with label_prob = 0.5 has no winner, and would train as "chosen wins". Every row a tie: a
-    ConfigError naming the key."""
-    from ..config import ConfigError
-
-    rows, held = load_preference_split(section, data, eval_data, eval_fraction, seed)
-    if soft_labels:
-        return PreferenceSplit(rows, held)
-    (rows, n_train), (held, n_held) = drop_ties(rows), drop_ties(held)
-    if n_train + n_held:
-        logging.getLogger(f"rlaif.{section}").warning(
-            "%s: %d tied pairs (label_prob = 0.5) left out of the hard labels", section, n_train + n_held)
-    if not rows:
-        raise ConfigError(f"config key '{section}.{soft_key}': every training pair is a tie (label_prob = 0.5); "
-                          "hard labels need a winner")
-    return PreferenceSplit(rows, held, n_train + n_held)
+__all__ = ["PreferenceRow", "load_preferences", "row_from_object", "drop_ties"]

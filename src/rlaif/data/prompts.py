@@ -10,6 +10,7 @@ from .jsonl import DataError, iter_jsonl, require_str
 
 BUILTIN_PROMPTS = {
     "builtin:demo-train": "train.jsonl",
+    "builtin:demo-multiturn": "multiturn.jsonl",  # two- and three-turn conversations (issue 18)
     "builtin:demo-val": "val.jsonl",  # carved out of the training prompts: for choosing settings, never trained on
     "builtin:demo-heldout": "heldout.jsonl",
 }
@@ -23,11 +24,28 @@ class PromptRow:
 
     @property
     def text(self) -> str:
-        """The last user turn: what a reward model or judge is shown as the question."""
+        """What a reward model or judge is shown as the question: the user turn of a one-turn prompt, the whole
+        conversation so far (`history_text`) of a multi-turn one."""
+        return history_text(self.messages)
+
+    @property
+    def last_user(self) -> str:
         return self.messages[-1][1]
 
     def as_chat(self) -> list[dict[str, str]]:
         return [{"role": r, "content": c} for r, c in self.messages]
+
+
+ROLE_NAMES = {"system": "System", "user": "User", "assistant": "Assistant"}
+
+
+def history_text(messages: tuple[tuple[str, str], ...] | list[tuple[str, str]]) -> str:
+    """A conversation ending with a user turn as the question a judge or a reward model reads: a lone user turn
+    as it is; several turns as a transcript, one `Role: content` block per turn, so the earlier turns reach
+    them unchanged. The answer that follows is the last assistant turn, the one generated and rewarded."""
+    if len(messages) == 1 and messages[0][0] == "user":
+        return messages[0][1]
+    return "\n\n".join(f"{ROLE_NAMES.get(r, r.capitalize())}: {c}" for r, c in messages)
 
 
 def resolve_prompts_path(arg: str) -> Path:

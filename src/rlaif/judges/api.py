@@ -57,7 +57,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ConfigError, redact_mapping
-from .base import JudgeCall, JudgeCallError
+from .base import Generated, JudgeCall, JudgeCallError
 from .templates import JudgeTemplate, cot_messages, render, verdict_messages
 
 log = logging.getLogger("rlaif.judges.api")
@@ -465,6 +465,28 @@ class ApiJudge:
         return f"{r.rationale}\n=> {text}" if r.rationale is not None else text
 
     # -- requests ------------------------------------------------------------------------------------------
+
+    def generate(self, conversations: list[list[dict[str, str]]], max_new_tokens: int
+                 ) -> list[Generated]:
+        """Replies to chat conversations at temperature 0 (cached, retried like verdicts; text None where a call
+        failed past its retries, with the error). Also what a critic writes (`rlaif critique`)."""
+        if not conversations:
+            return []
+        import openai
+
+        async def main() -> list[_Outcome]:
+            client = openai.AsyncOpenAI(api_key=self._api_key, base_url=self.base_url, max_retries=0,
+                                        timeout=self.timeout_s)
+            try:
+                session = _Session(client, self.concurrency)
+                return list(await asyncio.gather(*(
+                    self._fetch(session, _Request.of(m, max_new_tokens, False, verdict=False)) for m in conversations)))
+            finally:
+                await client.close()
+
+        return [Generated(o.completion.content.strip(), o.completion.prompt_tokens + o.completion.completion_tokens,
+                          o.latency_s, None, o.cost_usd) if o.completion is not None
+                else Generated(None, 0, o.latency_s, o.error or "no completion", o.cost_usd) for o in _run_sync(main)]
 
     def _read_all(self, conversations: list[list[dict[str, str]]]) -> list[_Reading]:
         if not conversations:

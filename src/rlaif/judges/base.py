@@ -34,6 +34,18 @@ class JudgeCall:
     cached: bool = False  # served from a cache: no request was sent
     source: str | None = None  # where the label came from, e.g. "logprobs" or "verdict" (API judges)
     label_mass: float | None = None  # probability the judge put on the labels at the verdict (local, api)
+    members: dict[str, float] | None = None  # a panel's calls: each member's P(first better)
+
+
+@dataclass
+class Generated:
+    """One free-text reply of a judge backend that writes (local, api): a critique, a revision, a rationale."""
+
+    text: str | None  # None: the call failed (see error)
+    tokens: int = 0
+    latency_s: float = 0.0
+    error: str | None = None
+    cost_usd: float = 0.0
 
 
 @runtime_checkable
@@ -73,6 +85,13 @@ class PairVerdict:
     source_ba: str | None = None
     mass_ab: float | None = None  # each order's probability mass on the labels (local, api judges)
     mass_ba: float | None = None
+    # a panel's verdicts: per member {label_prob, p_ab, p_ba, consistent}; label_prob is their weighted mean
+    members: dict[str, dict[str, Any]] | None = None
+
+    @property
+    def disagreement(self) -> float | None:
+        """A panel's spread: max − min of its members' P(a better); None for a single judge."""
+        return disagreement(self.members) if self.members else None
 
     @property
     def tie(self) -> bool:
@@ -104,6 +123,21 @@ def combine_orders(p_ab: float, p_ba: float) -> tuple[float, bool, bool | None, 
     first_ab = None if p_ab == 0.5 else p_ab > 0.5
     first_ba = None if p_ba == 0.5 else p_ba > 0.5
     return label, consistent, first_ab, first_ba
+
+
+def member_verdicts(p_ab: dict[str, float], p_ba: dict[str, float]) -> dict[str, dict[str, Any]]:
+    """A panel's members, each debiased on its own: P(a better) = ½(p_ab + 1 − p_ba) and its consistency."""
+    out = {}
+    for name in p_ab:
+        label, consistent, _, _ = combine_orders(p_ab[name], p_ba[name])
+        out[name] = {"label_prob": label, "p_ab": p_ab[name], "p_ba": p_ba[name], "consistent": consistent}
+    return out
+
+
+def disagreement(members: dict[str, dict[str, Any]]) -> float:
+    """Spread of a panel's soft labels: max − min of P(a better) over its members, in [0, 1]."""
+    labels = [m["label_prob"] for m in members.values()]
+    return max(labels) - min(labels)
 
 
 class JudgeCallError(RuntimeError):
@@ -142,12 +176,46 @@ def judge_pairs_both_orders(judge: PairwiseJudge, prompts: Sequence[str], a: Seq
                                ab.raw, ba.raw, errors=len(errors), error=errors[0] if errors else None,
                                cost_usd=ab.cost_usd + ba.cost_usd, cached_calls=int(ab.cached) + int(ba.cached),
                                source_ab=ab.source, source_ba=ba.source, mass_ab=ab.label_mass,
-                               mass_ba=ba.label_mass))
+                               mass_ba=ba.label_mass,
+                               members=member_verdicts(ab.members, ba.members)
+                               if ab.members is not None and ba.members is not None else None))
     return out
 
 
-def verdict_stats(verdicts: Sequence[PairVerdict]) -> dict[str, Any]:
-    """Position-consistency rate, first-position preference rate (over decided orderings), tie rate, totals."""
+def _side(p: float) -> int:
+    return 0 if abs(p - 0.5) < 1e-9 else (1 if p > 0.5 else -1)
+
+
+def member_figures(members: Sequence[dict[str, dict[str, Any]] | None], panel_labels: Sequence[float],
+                   correct_is_a: bool = False) -> dict[str, Any]:
+    """A panel's figures over N pairs from each pair's `members` ({name: {label_prob, p_ab, p_ba, consistent}},
+    label_prob = P(a better)) and the panel's own P(a better). Per member: position consistency, first-position
+    rate, agreement with the panel's winner, and (correct_is_a: `a` is the better answer of every pair, as in an
+    audit) accuracy; for the panel: the share of pairs where every member picks the same winner (ties count as a
+    side) and the mean disagreement (max − min of the members' labels). Empty when no pair is a panel's."""
+    pairs = [(m, p) for m, p in zip(members, panel_labels) if m]
+    if not pairs:
+        return {}
+    figures = {}
+    for name in dict.fromkeys(name for m, _ in pairs for name in m):  # template rotation: not every pair has all
+        ms = [(m[name], p) for m, p in pairs if name in m]
+        decided = [f for m, _ in ms for f in (_side(m["p_ab"]), _side(m["p_ba"])) if f != 0]
+        fig = {
+            "consistency_rate": sum(bool(m["consistent"]) for m, _ in ms) / len(ms),
+            "first_position_rate": sum(f > 0 for f in decided) / len(decided) if decided else None,
+            "agreement_with_panel": sum(_side(m["label_prob"]) == _side(p) for m, p in ms) / len(ms),
+        }
+        if correct_is_a:
+            fig["accuracy"] = sum(m["label_prob"] > 0.5 for m, _ in ms) / len(ms)
+        figures[name] = fig
+    unanimous = sum(len({_side(x["label_prob"]) for x in m.values()}) == 1 for m, _ in pairs)
+    return {"members": figures, "panel_agreement": unanimous / len(pairs),
+            "mean_disagreement": sum(disagreement(m) for m, _ in pairs) / len(pairs)}
+
+
+def verdict_stats(verdicts: Sequence[PairVerdict], correct_is_a: bool = False) -> dict[str, Any]:
+    """Position-consistency rate, first-position preference rate (over decided orderings), tie rate, totals;
+    for a panel also `members`, `panel_agreement` and `mean_disagreement` (`member_figures`)."""
     n = len(verdicts)
     decided = [f for v in verdicts for f in (v.first_ab, v.first_ba) if f is not None]
     return {
@@ -160,8 +228,10 @@ def verdict_stats(verdicts: Sequence[PairVerdict]) -> dict[str, Any]:
         "tokens": sum(v.tokens for v in verdicts),
         "cost_usd": round(sum(v.cost_usd for v in verdicts), 6),
         "judge_time_s": round(sum(v.latency_s for v in verdicts), 3),
+        **member_figures([v.members for v in verdicts], [v.label_prob for v in verdicts], correct_is_a),
     }
 
 
-__all__ = ["JudgeCall", "JudgeCallError", "PairwiseJudge", "PairVerdict", "judge_pairs_both_orders",
-           "combine_orders", "verdict_stats", "check_prob"]
+__all__ = ["Generated", "JudgeCall", "JudgeCallError", "PairwiseJudge", "PairVerdict", "judge_pairs_both_orders",
+           "combine_orders", "verdict_stats", "check_prob", "member_verdicts", "disagreement",
+           "member_figures"]

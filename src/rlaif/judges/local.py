@@ -22,7 +22,7 @@ import torch
 
 from ..models.loading import load_causal_lm, load_tokenizer
 from ..rollout.generate import eos_token_ids
-from .base import JudgeCall
+from .base import Generated, JudgeCall
 from .templates import JudgeTemplate, cot_messages, render, verdict_messages
 
 
@@ -94,6 +94,13 @@ class LocalHFJudge:
     @torch.no_grad()
     def _rationales(self, conversations: list[list[dict[str, str]]]) -> list[tuple[str, int, float]]:
         """Chain of thought, step 1: per conversation (greedy rationale, tokens read and written, latency)."""
+        return [(g.text or "", g.tokens, g.latency_s) for g in self.generate(conversations, self.max_cot_tokens)]
+
+    @torch.no_grad()
+    def generate(self, conversations: list[list[dict[str, str]]], max_new_tokens: int
+                 ) -> list[Generated]:
+        """Greedy replies to chat conversations (text, tokens read and written, latency share). Also what a critic
+        writes (`rlaif critique`)."""
         out = []
         eos = eos_token_ids(self.tokenizer, self.model)
         for s in range(0, len(conversations), self.batch_size):
@@ -102,7 +109,7 @@ class LocalHFJudge:
             ids, mask = self._left_padded(seqs)
             ctx = self.autocast() if self.autocast is not None else torch.autocast("cpu", enabled=False)
             with ctx:
-                gen = self.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=self.max_cot_tokens,
+                gen = self.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
                                           do_sample=False, temperature=None, top_p=None, top_k=None,
                                           pad_token_id=self.tokenizer.pad_token_id, eos_token_id=eos)
             new = gen[:, ids.shape[1]:].cpu()
@@ -111,7 +118,7 @@ class LocalHFJudge:
                 row = new[i].tolist()
                 n_new = next((k + 1 for k, t in enumerate(row) if t in eos), len(row))
                 text = self.tokenizer.decode(row[:n_new], skip_special_tokens=True).strip()
-                out.append((text, len(x) + n_new, share))
+                out.append(Generated(text, len(x) + n_new, share))
         return out
 
     def _with_rationales(self, convs: list[list[dict[str, str]]]) -> tuple[list[list[dict[str, str]]],

@@ -41,6 +41,15 @@ from .group_advantages import centre_within_groups, group_advantages, rloo_advan
 
 __all__ += ["centre_within_groups", "dpo_loss", "group_advantages", "rloo_advantages", "sequence_logprobs"]
 
-from .evaluation import bootstrap_mean_ci, distinct_n, pearson, sign_disagreement, win_outcomes  # noqa: E402
+from .evaluation import (  # noqa: E402
+    bootstrap_mean_ci,
+    cohens_kappa,
+    distinct_n,
+    pearson,
+    sign_disagreement,
+    wilson_interval,
+    win_outcomes,
+)
 
-__all__ += ["bootstrap_mean_ci", "distinct_n", "pearson", "sign_disagreement", "win_outcomes"]
+__all__ += ["bootstrap_mean_ci", "cohens_kappa", "distinct_n", "pearson", "sign_disagreement", "wilson_interval",
+            "win_outcomes"]

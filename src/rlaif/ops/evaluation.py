@@ -9,7 +9,8 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["win_outcomes", "bootstrap_mean_ci", "pearson", "distinct_n", "sign_disagreement"]
+__all__ = ["win_outcomes", "bootstrap_mean_ci", "pearson", "distinct_n", "sign_disagreement", "cohens_kappa",
+           "wilson_interval"]
 
 
 def win_outcomes(prob_better: torch.Tensor) -> torch.Tensor:
@@ -71,3 +72,37 @@ def sign_disagreement(a: torch.Tensor, b: torch.Tensor) -> float:
     if not decided.any():
         return 0.0
     return float((sa[decided] != sb[decided]).double().mean())
+
+
+def cohens_kappa(a: Sequence[int], b: Sequence[int], k: int) -> float:
+    """Cohen's kappa of two raters over the same n items; ``a``, ``b``: ``(n,)`` category indices in [0, k).
+
+    kappa = (p_o − p_e) / (1 − p_e), p_o = share of items where they agree, p_e = Σ_c p_a(c) · p_b(c) (chance
+    agreement from each rater's own category rates). NaN when n = 0 or p_e = 1 (both always say the same one
+    category: agreement carries no information).
+    """
+    n = len(a)
+    if len(b) != n:
+        raise ValueError("cohens_kappa: a and b must have the same length")
+    if any(not 0 <= x < k for x in (*a, *b)):
+        raise ValueError(f"cohens_kappa: categories must be in [0, {k})")
+    if n == 0:
+        return float("nan")
+    p_o = sum(x == y for x, y in zip(a, b)) / n
+    p_e = sum((list(a).count(c) / n) * (list(b).count(c) / n) for c in range(k))
+    return float("nan") if p_e >= 1.0 else (p_o - p_e) / (1.0 - p_e)
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval of a proportion (successes of n; z = 1.96 for 95 %): center ± half, where
+    center = (p + z²/2n) / (1 + z²/n), half = z · sqrt(p(1 − p)/n + z²/4n²) / (1 + z²/n). (NaN, NaN) when n = 0.
+    """
+    if n == 0:
+        return float("nan"), float("nan")
+    if not 0 <= successes <= n:
+        raise ValueError("wilson_interval: successes must be in [0, n]")
+    p, z2 = successes / n, z * z
+    denom = 1.0 + z2 / n
+    center = (p + z2 / (2 * n)) / denom
+    half = z * (p * (1 - p) / n + z2 / (4 * n * n)) ** 0.5 / denom
+    return max(0.0, center - half), min(1.0, center + half)

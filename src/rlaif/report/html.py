@@ -298,14 +298,106 @@ def audit_section(data: RunData) -> str:
             f"<table><thead>{head}</thead><tbody>{body}</tbody></table>"
             f'<p class="note">accuracy: the both-order label favours the better answer; consistency: the same winner '
             f"in both orders; first-position rate: share of orderings won by the answer shown first (50 % = no "
-            f"position bias).</p>{judge_table(judge)}</div><div class=\"col-plot\">"
+            f"position bias).</p>{bias_table(a.get('biases') if isinstance(a.get('biases'), dict) else {})}"
+            f"{panel_table(a)}{judge_table(judge)}</div><div class=\"col-plot\">"
             f"{plot_grid([chart])}</div></div></section>")
+
+
+BIAS_ABOUT = {"length_gap": "verbosity: accuracy when the better answer is longer minus when it is shorter",
+              "padding_gain": "verbosity: rise of P(worse better) when filler is appended to the worse answer",
+              "self_preference": "P(the judge family's own answer better) − 0.5, at equal correctness"}
+
+
+def bias_table(biases: dict) -> str:
+    """The audit's bias figures (audit_bias.py): value, threshold, status; a panel's members after the panel."""
+    rows = []
+    for who, figs in [("", biases), *[(f"{n}: ", f) for n, f in (biases.get("members") or {}).items()
+                                      if isinstance(f, dict)]]:
+        for key, f in figs.items():
+            if key == "members" or not isinstance(f, dict):
+                continue
+            rows.append(f"<tr class=\"{'warning' if f.get('biased') else 'ok'}\"><td>{esc(who + key)}</td>"
+                        f"<td class=\"num\">{fmt(f.get('value'))}</td><td class=\"num\">{fmt(f.get('threshold'))}</td>"
+                        f"<td>{'⚠ biased' if f.get('biased') else 'ok'}</td><td>{esc(BIAS_ABOUT.get(key, ''))}</td></tr>")
+    if not rows:
+        return ""
+    return ("<h3>Biases beyond position</h3><table class=\"monitors\"><thead><tr><th>bias</th><th>value</th>"
+            f"<th>threshold</th><th>status</th><th>what it measures</th></tr></thead><tbody>{''.join(rows)}</tbody>"
+            "</table>")
 
 
 def judge_table(judge: dict) -> str:
     if not judge:
         return ""
-    return f"<h3>Judge</h3>{kv_table([(k, esc(v)) for k, v in judge.items()], numbers=False)}"
+    rows = [(k, esc(v)) for k, v in judge.items() if k != "members"]
+    members = judge.get("members") if isinstance(judge.get("members"), list) else []
+    rows += [(f"member {m.get('name', i)}", esc(f"{m.get('judge', '?')} (weight {fmt(m.get('weight'))})"))
+             for i, m in enumerate(members) if isinstance(m, dict)]
+    return f"<h3>Judge</h3>{kv_table(rows, numbers=False)}"
+
+
+def panel_table(stats: dict) -> str:
+    """A judge panel's figures (`member_figures`): one row per member, then the panel's agreement."""
+    members = stats.get("members") if isinstance(stats.get("members"), dict) else {}
+    if not members:
+        return ""
+    with_acc = any("accuracy" in m for m in members.values() if isinstance(m, dict))
+    head = ("<tr><th>panel member</th>" + ("<th>accuracy</th>" if with_acc else "")
+            + "<th>consistency</th><th>first-position rate</th><th>agrees with the panel</th></tr>")
+    body = "".join(
+        f"<tr><td>{esc(name)}</td>" + (f"<td class=\"num\">{pct(m.get('accuracy'))}</td>" if with_acc else "")
+        + f"<td class=\"num\">{pct(m.get('consistency_rate'))}</td><td class=\"num\">"
+        f"{pct(m.get('first_position_rate'))}</td><td class=\"num\">{pct(m.get('agreement_with_panel'))}</td></tr>"
+        for name, m in members.items() if isinstance(m, dict))
+    return (f"<table><thead>{head}</thead><tbody>{body}</tbody></table><p class=\"note\">Every member picks the "
+            f"same winner on {pct(stats.get('panel_agreement'))} of the pairs; mean disagreement (max − min of the "
+            f"members' P(a better)) {fmt(stats.get('mean_disagreement'))}.</p>")
+
+
+def rounds_section(data: RunData) -> str:
+    rounds = data.rounds.get("rounds") if isinstance(data.rounds.get("rounds"), list) else []
+    if not rounds:
+        return ""
+
+    def ci(c) -> str:
+        return f"({pct(c[0])}–{pct(c[1])})" if isinstance(c, list) and len(c) == 2 else ""
+
+    body = "".join(
+        f"<tr><td class=\"num\">{fmt(r.get('round'))}</td><td class=\"num\">{pct(r.get('win_rate_vs_sft'))} "
+        f"{ci(r.get('ci_vs_sft'))}</td><td class=\"num\">{pct(r.get('win_rate_vs_previous'))} "
+        f"{ci(r.get('ci_vs_previous'))}</td><td class=\"num\">{pct(r.get('rm_heldout_accuracy'))}</td>"
+        f"<td class=\"num\">{pct(r.get('previous_rm_accuracy_old_labels'))} → "
+        f"{pct(r.get('previous_rm_accuracy_new_labels'))}</td></tr>"
+        for r in rounds if isinstance(r, dict))
+    return ('<section id="rounds"><h2>Rounds (iterative RLAIF)</h2><table><thead><tr><th>round</th>'
+            "<th>win-rate vs SFT (95 % CI)</th><th>vs the previous round</th><th>RM held-out accuracy</th>"
+            "<th>previous RM: old labels → new on-policy labels</th></tr></thead>"
+            f"<tbody>{body}</tbody></table><p class=\"note\">Each round: the last policy writes new answers, the "
+            f"judge labels them, the reward model is trained on every round's labels "
+            f"({esc(data.rounds.get('rm_update', '?'))}), the policy is aligned from where it stopped (KL reference "
+            f"{esc(data.rounds.get('reference', '?'))}). A previous RM that scores the new on-policy labels worse than "
+            "its own held-out labels shows the distribution shift the new labels correct.</p></section>")
+
+
+def human_review_section(data: RunData) -> str:
+    h = data.human_review
+    if not h:
+        return ('<section id="review"><h2>Human spot-checks</h2><p class="notrun">No label/human_labels.jsonl: '
+                "run <code>rlaif review RUN_DIR</code> to check a sample of the labels by hand.</p></section>")
+    ci = h.get("agreement_ci") or [None, None]
+    rows = [("pairs reviewed (skipped)", f"{fmt(h.get('reviewed'))} ({fmt(h.get('skipped'))})"),
+            ("agreement with the judge (95 % Wilson CI)",
+             f"{pct(h.get('agreement'))} ({pct(ci[0])}–{pct(ci[1])}), {fmt(h.get('agree'))} of "
+             f"{fmt(h.get('compared'))}"),
+            ("Cohen's kappa (left / right / tie, as shown)", fmt(h.get("kappa")))]
+    members = h.get("members") if isinstance(h.get("members"), dict) else {}
+    for name, m in members.items():
+        mci = m.get("agreement_ci") or [None, None]
+        rows.append((f"panel member {name}: agreement (CI), kappa",
+                     f"{pct(m.get('agreement'))} ({pct(mci[0])}–{pct(mci[1])}), {fmt(m.get('kappa'))}"))
+    return (f'<section id="review"><h2>Human spot-checks</h2>{kv_table(rows)}<p class="note">A blind, '
+            "stratified sample of the labels judged by a person (<code>rlaif review</code>); agreement counts "
+            "a tie as a side, kappa corrects it for chance.</p></section>")
 
 
 def label_section(data: RunData) -> str:
@@ -330,7 +422,7 @@ def label_section(data: RunData) -> str:
                          "label_prob") if prefs else ""
     judge = redact(s.get("judge")) if isinstance(s.get("judge"), dict) else {}
     return (f'<section id="label"><h2>AI-feedback labels</h2><div class="row"><div class="col-text">{figures}'
-            f'{judge_table(judge)}</div><div class="col-plot">{plot_grid([hist])}</div></div></section>')
+            f'{panel_table(s) if s else ""}{judge_table(judge)}</div><div class="col-plot">{plot_grid([hist])}</div></div></section>')
 
 
 def rm_section(data: RunData, summary: dict) -> str:
@@ -415,7 +507,7 @@ def eval_section(data: RunData, summary: dict) -> str:
         if js:
             html += (f'<p class="note">The judge on these pairs: position consistency {pct(js.get("consistency_rate"))}, '
                      f'first-position rate {pct(js.get("first_position_rate"))}, ties {pct(js.get("tie_rate"))}, '
-                     f'parse failures {fmt(js.get("parse_failures"))}.</p>')
+                     f'parse failures {fmt(js.get("parse_failures"))}.</p>{panel_table(js)}')
         judge = redact(ev.get("judge")) if isinstance(ev.get("judge"), dict) else {}
         html += judge_table(judge)
     if samples:
@@ -469,8 +561,8 @@ def flat_rows(obj: dict, prefix: str = "") -> list[tuple[str, str]]:
     return out
 
 
-NAV = [("headline", "Headline"), ("sft", "SFT"), ("audit", "Judge audit"), ("label", "Labels"),
-       ("rm", "Reward model"), ("ppo", "PPO"), ("eval", "Eval"), ("samples", "Answers")]
+NAV = [("headline", "Headline"), ("sft", "SFT"), ("audit", "Judge audit"), ("label", "Labels"), ("review", "Human checks"),
+       ("rm", "Reward model"), ("ppo", "PPO"), ("eval", "Eval"), ("rounds", "Rounds"), ("samples", "Answers")]
 
 
 def render_page(data: RunData, summary: dict, generated: str) -> str:
@@ -498,9 +590,11 @@ def render_page(data: RunData, summary: dict, generated: str) -> str:
         sft_section(data, summary),
         audit_section(data),
         label_section(data),
+        human_review_section(data),
         rm_section(data, summary),
         ppo_section(data, summary),
         eval_section(data, summary),
+        rounds_section(data),
         samples_section(data),
         "</main></body></html>",
     ])

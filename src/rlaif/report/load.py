@@ -39,6 +39,8 @@ class RunData:
     stages: dict[str, Stage]
     timings: dict[str, Any] = field(default_factory=dict)  # timings.json of `rlaif pipeline`: stage -> seconds
     root_problems: list[str] = field(default_factory=list)
+    human_review: dict[str, Any] | None = None  # `rlaif review` figures of label/human_labels.jsonl
+    rounds: dict[str, Any] = field(default_factory=dict)  # rounds.json of `pipeline.rounds` > 1
 
     def doc(self, stage: str, name: str) -> dict[str, Any]:
         return self.stages[stage].docs.get(name, {})
@@ -120,7 +122,25 @@ def load_run(run_dir: str | Path) -> RunData:
         stages[name] = st
     data = RunData(run_dir, stages)
     data.timings = read_json(run_dir / "timings.json", data.root_problems) or {}
+    data.human_review = read_human_review(run_dir / "label", data.root_problems)
+    data.rounds = read_json(run_dir / "rounds.json", data.root_problems) or {}
     return data
+
+
+def read_human_review(folder: Path, problems: list[str]) -> dict[str, Any] | None:
+    """Agreement of people with the judge (`rlaif review`), when label/human_labels.jsonl exists."""
+    from ..data.human_labels import load_human_labels
+    from ..data.jsonl import DataError
+    from ..review.session import agreement_stats, load_label_rows
+
+    human, labels = folder / "human_labels.jsonl", folder / "preferences.jsonl"
+    if not human.is_file() or not labels.is_file():
+        return None
+    try:
+        return agreement_stats({r.id: r for r in load_label_rows(labels)}, load_human_labels(human), seed=0)
+    except DataError as e:
+        problems.append(f"human review not shown: {e}")
+        return None
 
 
 def number(v: Any) -> float | None:

@@ -100,9 +100,12 @@ def build_summary(data: RunData) -> dict[str, Any]:
         "eval_loss_start": first_value(sft, "eval_loss"), "eval_loss_end": last_value(sft, "eval_loss"),
     } if sft else None
     lab = data.doc("label", "label_summary.json")
-    out["label"] = {k: lab.get(k) for k in (
+    out["label"] = {**{k: lab.get(k) for k in (
         "pairs_judged", "pairs_written", "pairs_dropped", "position_consistency_rate", "first_position_rate",
-        "tie_rate", "parse_failures", "judge_tokens", "judge_time_s")} if lab else None
+        "tie_rate", "parse_failures", "judge_tokens", "judge_time_s")},
+        **{k: lab[k] for k in ("members", "panel_agreement", "mean_disagreement") if k in lab}} if lab else None
+    out["human_review"] = data.human_review
+    out["rounds"] = data.rounds.get("rounds") if data.rounds else None
     rm_sum, rm_rows = data.doc("rm", "summary.json"), st["rm"].metrics
     rm_eval = rm_sum.get("eval") if isinstance(rm_sum.get("eval"), dict) else {}
     out["rm"] = {

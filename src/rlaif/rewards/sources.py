@@ -1,7 +1,8 @@
 """Reward sources: a reward model, a Python callable `f(prompts, responses) -> list[float]`, or a judge
 (rewards/judge_reward.py).
 
-Every source sees the real question (the last user turn) and the real answer (decoded up to the first
+Every source sees the real question (the user turn; a multi-turn prompt: the whole conversation so far as a
+transcript, `history_text`) and the real answer (decoded up to the first
 EOS, special tokens removed). The seed's reference implementation handed its reward model an empty
 question whenever pad == EOS; here the texts are passed explicitly, never recovered from padded ids.
 """

@@ -33,7 +33,7 @@ class Rollout:
     response_ids: torch.Tensor  # (b, r) long, pad after the first EOS
     response_mask: torch.Tensor  # (b, r) bool, True up to and including the first EOS
     ended_with_eos: torch.Tensor  # (b,) bool
-    prompts: list[str]  # the question as a reward model / judge sees it (last user turn)
+    prompts: list[str]  # the question as a reward model / judge sees it (PromptRow.text: the conversation so far)
     responses: list[str]  # decoded response, special tokens removed
     logprobs: torch.Tensor | None = None  # (b, r) float32: log-probs of the sampled tokens, taken while sampling
     values: torch.Tensor | None = None  # (b, r) float32: a shared value head's V(s_t), taken while sampling

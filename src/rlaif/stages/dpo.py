@@ -271,6 +271,7 @@ def train(run: RunConfig, cfg: DPOConfig, resolved_config: dict | None = None, d
     summary = {
         "policy": cfg.policy, "reference": cfg.reference or cfg.policy, "beta": cfg.beta, "steps": total,
         "train_pairs": len(pairs["train"]), "eval_pairs": len(pairs["eval"]), "ties_dropped": data.ties_dropped,
+        **({"hybrid_labels": data.human} if data.human else {}),
         "reference_logps": {"file": str(out / REFERENCE_CACHE), "cache": ref_source},
         "last_step": {k: v for k, v in logged.get(total, {}).items() if not k.startswith("eval_")} or None,
         "eval_before": {k[strip:]: v for k, v in logged[0].items() if k.startswith("eval_")} if 0 in logged

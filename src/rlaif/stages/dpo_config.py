@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ..config import ConfigError, check_training_fields, field
-from .training_config import StepTrainingConfig
+from .training_config import HUMAN_LABELS_HELP, StepTrainingConfig
 
 
 @dataclass
@@ -17,6 +17,7 @@ class DPOConfig(StepTrainingConfig):
                                   "choice); only its log-probabilities are kept, cached in the run folder")
     data: str = field("", help="preference JSONL of {id, prompt | messages, chosen, rejected, label_prob?} rows, "
                       "e.g. the output of `rlaif label` (required)")
+    human_labels: str = field("", help=HUMAN_LABELS_HELP)
     eval_batch_size: int = field(8, help="pairs per forward pass when scoring without gradients (reference and "
                                  "held-out passes)")
     max_length: int = field(512, help="tokens per prompt + answer; longer prompts lose tokens on the left so the "

@@ -14,11 +14,8 @@ import torch
 
 from .. import distributed, ops
 from ..checkpoint import torch_load
-from ..data.preferences import (
-    PreferenceRow,
-    PreferenceSplit,
-    read_preference_split,
-)
+from ..data.preference_split import PreferenceSplit, read_preference_split
+from ..data.preferences import PreferenceRow
 from ..data.sft import Encoded, SFTRow, collate, encode_row, end_of_turn_ids
 from ..models.loading import weights_fingerprint
 from .dpo_config import DPOConfig
@@ -39,7 +36,8 @@ DPOData = PreferenceSplit
 def read_data(cfg: DPOConfig, seed: int) -> PreferenceSplit:
     """Read, validate and split every input file; bad rows fail here, before anything is written."""
     cfg.validate()
-    return read_preference_split("dpo", cfg.data, cfg.eval_data, cfg.eval_fraction, seed, cfg.use_soft_labels, "use_soft_labels")
+    return read_preference_split("dpo", cfg.data, cfg.eval_data, cfg.eval_fraction, seed, cfg.use_soft_labels, "use_soft_labels",
+                                 cfg.human_labels)
 
 
 def pair_smoothing(row: PreferenceRow, cfg: DPOConfig) -> float:
@@ -53,8 +51,7 @@ def encode_pairs(tokenizer, rows: list[PreferenceRow], cfg: DPOConfig) -> list[E
     end_ids = end_of_turn_ids(tokenizer)
 
     def enc(row: PreferenceRow, answer: str) -> Encoded:
-        return encode_row(tokenizer, SFTRow(row.id, (("user", row.prompt),), answer, row.where), cfg.max_length,
-                          end_ids)
+        return encode_row(tokenizer, SFTRow(row.id, row.turns, answer, row.where), cfg.max_length, end_ids)
 
     return [EncodedPair(enc(r, r.chosen), enc(r, r.rejected), pair_smoothing(r, cfg)) for r in rows]
 

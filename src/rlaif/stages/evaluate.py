@@ -196,7 +196,7 @@ def evaluate(run: RunConfig, cfg: EvalConfig, resolved_config: dict | None = Non
     if cfg.max_prompts:
         prompts = prompts[:cfg.max_prompts]
     rows = [r for r in prompts for _ in range(cfg.samples_per_prompt)]
-    judge = make_judge(cfg.judge, device=device, autocast=amp)  # a bad judge fails before minutes of sampling
+    judge = make_judge(cfg.judge, device=device, autocast=amp, key="eval.judge")  # a bad judge fails before minutes of sampling
 
     # 1. answers from both systems (same seeds); KL of each to the reference
     policy, pmodel, _ = answer(cfg.policy, rows, cfg, run.seed, device, amp, "eval: policy", run.progress)

@@ -10,7 +10,9 @@ soft label (inconsistent=soft) or moved to `dropped.jsonl` (inconsistent=drop). 
 (`<prompt id>:<i>-<j>`) in the output and in dropped.jsonl are never judged again, so a killed run loses at most
 the pair in flight and never writes a pair twice. A pair whose judge call failed (an API past its retry budget)
 is not written either: it is counted (`pairs_failed_this_run`, with a warning) and a rerun judges it again.
-6) the summary over every judged pair goes to `<output_dir>/label_summary.json`, with tokens and `cost_usd`.
+6) the summary over every judged pair goes to `<output_dir>/label_summary.json`, with tokens and `cost_usd`;
+with a judge panel (`label.judge.panel`) each row also keeps every member's soft label and the disagreement, and
+the summary each member's consistency and agreement with the panel.
 The output feeds `rlaif rm rm.data=<output>`.
 """
 
@@ -29,10 +31,10 @@ from tqdm.auto import tqdm
 
 from ..checkpoint import save_json
 from ..config import ConfigError, field, require_min
-from ..data.jsonl import append_jsonl
+from ..data.jsonl import append_jsonl, cut_torn_tail
 from ..data.prompts import PromptRow, load_prompts
 from ..judges import JudgeConfig, judge_pairs_both_orders, make_judge
-from ..judges.base import PairVerdict, PairwiseJudge
+from ..judges.base import PairVerdict, PairwiseJudge, member_figures
 from ..models.loading import load_causal_lm, load_tokenizer
 from ..rollout.generate import sample_responses
 from ..runtime import RunConfig, autocast_for, setup_run
@@ -93,16 +95,11 @@ def pair_id(prompt_id: str, i: int, j: int) -> str:
 
 def read_done(path: Path) -> list[dict]:
     """Rows already written; a line torn by a kill (no trailing newline) is cut off first."""
+    if cut_torn_tail(path):
+        log.warning("%s: removing a partial last line left by an interrupted run", path)
     if not path.exists():
         return []
-    data = path.read_bytes()
-    if data and not data.endswith(b"\n"):
-        cut = data.rfind(b"\n") + 1
-        log.warning("%s: removing a partial last line left by an interrupted run", path)
-        with open(path, "r+b") as fh:
-            fh.truncate(cut)
-        data = data[:cut]
-    return [json.loads(line) for line in data.decode("utf-8").splitlines() if line.strip()]
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def sample_answers(model, tokenizer, chunk: list[PromptRow], cfg: LabelConfig, seed: int, device, amp
@@ -131,6 +128,7 @@ def preference_row(row: PromptRow, i: int, j: int, a: str, b: str, v: PairVerdic
     a_wins = v.label_prob >= 0.5
     return {
         "id": pair_id(row.id, i, j), "prompt_id": row.id, "prompt": row.text,
+        **({"messages": row.as_chat()} if len(row.messages) > 1 else {}),
         "chosen": a if a_wins else b, "rejected": b if a_wins else a,
         "label_prob": round(v.label_prob if a_wins else 1.0 - v.label_prob, 6),
         "judge": {
@@ -144,8 +142,27 @@ def preference_row(row: PromptRow, i: int, j: int, a: str, b: str, v: PairVerdic
                if v.source_ab is not None or v.source_ba is not None else {}),
             **({"label_mass_ab": _mass(v.mass_ab), "label_mass_ba": _mass(v.mass_ba)}
                if v.mass_ab is not None or v.mass_ba is not None else {}),
+            **(panel_fields(v) if v.members else {}),
         },
     }
+
+
+def panel_fields(v: PairVerdict) -> dict:
+    """A panel's row: each member's soft label in the row's frame (prob_a_better = P(response i better)) and
+    the disagreement, max − min of the members' labels."""
+    return {"members": {name: {"prob_a_better": round(m["label_prob"], 6), "p_first_better_ab": round(m["p_ab"], 6),
+                               "p_first_better_ba": round(m["p_ba"], 6), "consistent": m["consistent"]}
+                        for name, m in (v.members or {}).items()},
+            "disagreement": round(v.disagreement or 0.0, 6)}
+
+
+def row_members(judge: dict) -> dict | None:
+    """A row's panel members back in the verdict's names (for `member_figures`)."""
+    members = judge.get("members")
+    if not members:
+        return None
+    return {name: {"label_prob": m["prob_a_better"], "p_ab": m["p_first_better_ab"], "p_ba": m["p_first_better_ba"],
+                   "consistent": m["consistent"]} for name, m in members.items()}
 
 
 def summarise(rows: list[dict], dropped: list[dict], extra: dict) -> dict:
@@ -162,6 +179,7 @@ def summarise(rows: list[dict], dropped: list[dict], extra: dict) -> dict:
         "judge_tokens": sum(j["tokens"] for j in js),
         "cost_usd": round(sum(j.get("cost_usd", 0.0) for j in js), 6),
         "judge_time_s": round(sum(j["latency_s"] for j in js), 3),
+        **member_figures([row_members(j) for j in js], [j["prob_a_better"] for j in js]),
         **extra,
     }
 
@@ -187,7 +205,7 @@ def train(run: RunConfig, cfg: LabelConfig, resolved_config: dict | None = None,
         log.info("resuming: %d pairs already judged", len(done))
     pairs_of = pair_indices(cfg.responses_per_prompt, cfg.pairing)
     todo = [p for p in prompts if any(pair_id(p.id, i, j) not in done for i, j in pairs_of)]
-    judge = judge or make_judge(cfg.judge, device=device, autocast=amp)
+    judge = judge or make_judge(cfg.judge, device=device, autocast=amp, key="label.judge")
     meta = judge.metadata()
     n_new = n_identical = n_failed = n_errors = 0
     model = tokenizer = None
@@ -263,6 +281,12 @@ def train(run: RunConfig, cfg: LabelConfig, resolved_config: dict | None = None,
     log.info("labelled %d pairs (%d this run): consistency %s, first-position rate %s, ties %s, parse failures %d",
              summary["pairs_judged"], n_new, _fmt(summary["position_consistency_rate"]),
              _fmt(summary["first_position_rate"]), _fmt(summary["tie_rate"]), summary["parse_failures"])
+    for name, fig in (summary.get("members") or {}).items():
+        log.info("  panel member %s: consistency %s, agrees with the panel on %s", name,
+                 _fmt(fig["consistency_rate"]), _fmt(fig["agreement_with_panel"]))
+    if summary.get("members"):
+        log.info("  panel: unanimous on %s of pairs, mean disagreement %s", _fmt(summary["panel_agreement"]),
+                 _fmt(summary["mean_disagreement"]))
     return output
 
 

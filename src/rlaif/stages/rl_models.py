@@ -173,7 +173,8 @@ def judge_reward_sources(cfg: PPOConfig, models: Models, device, amp) -> list[Ju
     rc = cfg.reward
     if rc.judge_mode == "off":
         return []
-    judge = make_judge(rc.judge, device=device, autocast=amp)
+    judge = make_judge(rc.judge, device=device, autocast=amp,
+                       key=f"{type(cfg).__name__.removesuffix('Config').lower()}.reward.judge")
     g = cfg.generation
 
     def reference_answers(rows: list[PromptRow]) -> list[str]:

@@ -239,7 +239,8 @@ def train(run: RunConfig, cfg: RMConfig, resolved_config: dict | None = None, da
     final = out / "model"
     save_reward_model(model, tokenizer, final, bias)
     summary = {"model": cfg.model, "input_format": fmt, "steps": total, "train_pairs": len(data.train),
-               "eval_pairs": len(data.eval), "ties_dropped": data.ties_dropped, "rlaif_reward_bias": bias,
+               "eval_pairs": len(data.eval), "ties_dropped": data.ties_dropped,
+               **({"hybrid_labels": data.human} if data.human else {}), "rlaif_reward_bias": bias,
                "train_chosen_reward_std": train_chosen.std().item() if len(train_chosen) > 1 else 0.0,
                "eval": None}
     if data.eval:

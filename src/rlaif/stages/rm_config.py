@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ..config import ConfigError, check_training_fields, field
-from .training_config import StepTrainingConfig
+from .training_config import HUMAN_LABELS_HELP, StepTrainingConfig
 
 
 @dataclass
@@ -15,6 +15,7 @@ class RMConfig(StepTrainingConfig):
                        "folder or hub id; a decoder can also initialise PPO's critic (ppo.value_init=reward)")
     data: str = field("", help="preference JSONL of {id, prompt | messages, chosen, rejected, label_prob?, "
                       "margin?, judge?} rows (required)")
+    human_labels: str = field("", help=HUMAN_LABELS_HELP)
     eval_batch_size: int = field(16, help="pairs per held-out forward pass (also for the final bias pass)")
     max_length: int = field(512, help="tokens per (question, answer) input; decoders keep the end (the answer), "
                             "encoders cut the longer text; keep ppo.reward.max_length >= this")

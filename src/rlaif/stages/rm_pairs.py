@@ -6,11 +6,8 @@ from collections.abc import Sequence
 
 import torch
 
-from ..data.preferences import (
-    PreferenceRow,
-    PreferenceSplit,
-    read_preference_split,
-)
+from ..data.preference_split import PreferenceSplit, read_preference_split
+from ..data.preferences import PreferenceRow
 from ..rewards.sources import encode_reward_inputs
 from .rm_config import RMConfig
 
@@ -20,7 +17,8 @@ RMData = PreferenceSplit
 def read_data(cfg: RMConfig, seed: int) -> PreferenceSplit:
     """Read, validate and split every input file; bad rows fail here, before anything is written."""
     cfg.validate()
-    return read_preference_split("rm", cfg.data, cfg.eval_data, cfg.eval_fraction, seed, cfg.use_label_prob, "use_label_prob")
+    return read_preference_split("rm", cfg.data, cfg.eval_data, cfg.eval_fraction, seed, cfg.use_label_prob, "use_label_prob",
+                                 cfg.human_labels)
 
 
 def rewards_of(model, tokenizer, fmt: str, prompts: Sequence[str], answers: Sequence[str], max_length: int,

@@ -33,4 +33,9 @@ class StepTrainingConfig:
                                   "(0 = never)")
 
 
-__all__ = ["StepTrainingConfig"]
+HUMAN_LABELS_HELP = ("hybrid labels: a JSONL of {id, verdict: chosen | rejected | tie | skip} (e.g. the "
+                     "human_labels.jsonl of `rlaif review`): a person's verdict overrides the AI label of the same "
+                     "pair; rows with prompt, chosen and rejected of their own join the training pairs; '' = AI "
+                     "labels only")
+
+__all__ = ["StepTrainingConfig", "HUMAN_LABELS_HELP"]

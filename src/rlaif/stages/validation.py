@@ -85,7 +85,7 @@ class Validator:
         self.cfg, self.tokenizer, self.reward_fn, self.gen = cfg, tokenizer, reward_fn, generation
         self.device, self.amp = device, amp
         self.rows = [r for r in prompts for _ in range(cfg.samples_per_prompt)]
-        self.judge = make_judge(cfg.judge, device=device, autocast=amp) if cfg.judge_win_rate else None
+        self.judge = make_judge(cfg.judge, device=device, autocast=amp, key="validation.judge") if cfg.judge_win_rate else None
         self.initial: list[str] = []
         self.initial_reward = 0.0
 
