@@ -122,7 +122,7 @@ def main() -> int:
     model = build_tiny_llama(resolve_model("smollm2-135m-instruct"), work / "tiny")
     result = {}
     plan = [("sft", 1, []), ("sft", 2, []), ("rm", 1, []), ("rm", 2, []), ("dpo", 1, []), ("dpo", 2, []),
-            ("ppo", 1, []), ("ppo", 2, []), ("ppo", 1, ["ppo.critic=shared"]), ("ppo", 2, ["run.fsdp=true"]),
+            ("ppo", 1, []), ("ppo", 2, []), ("ppo", 1, ["ppo.critic=separate", "ppo.old_logprobs=recompute"]), ("ppo", 2, ["run.fsdp=true"]),
             ("grpo", 1, []), ("grpo", 2, []), ("sft", 2, ["run.fsdp=true"]), ("rm", 2, ["run.shard_optimizer=true"]),
             ("sft", 2, ["deepspeed-zero2"]), ("dpo", 2, ["deepspeed-zero3"]), ("ppo", 2, ["deepspeed-zero3"]),
             ("grpo", 2, ["deepspeed-zero2"])]

@@ -11,13 +11,13 @@ Both critics are the policy backbone + a new zeroed scalar head. Both see the sa
 iterations (rlaif's seeded prompt order, written to bench/out/peer-compare/prompts.jsonl for the peer).
 
 Output (stdout): the load average before, one JSON line per system (s/iteration, generated tokens/s, peak RSS)
--- rlaif three times: with its default separate critic, with `ppo.critic=shared` (a value head on the policy's
-backbone), and shared with `ppo.old_logprobs=sampling` (old log-probs and values taken while sampling, as the
-peer takes its old log-probs) -- then one JSON line of ratios per rlaif variant and whether the goal (rlaif >= 2x the peer's
+-- rlaif three times: with its defaults (`ppo.critic=shared`, a value head on the policy's backbone, and
+`ppo.old_logprobs=sampling`, old log-probs and values taken while sampling, as the peer takes its old log-probs),
+with `ppo.old_logprobs=recompute`, and with the separate critic (`ppo.critic=separate`, recomputed) -- then one JSON line of ratios per rlaif variant and whether the goal (rlaif >= 2x the peer's
 tokens/s at no more peak memory) is met. Figures are whatever this run measures; run on an idle machine.
 
     .venv/bin/python bench/compare_peer.py [--iterations 4] [--threads 2] [--precision fp32|bf16]
-        [--variants separate,shared,shared-sampling] [--rounds 1] [--peer-first]
+        [--variants default,shared-recompute,separate] [--rounds 1] [--peer-first]
 
 `--rounds R` runs everything R times with the peer's place alternating (last, first, ... or first, last, ...
 with `--peer-first`), prints each round's ratios and, at the end, each variant's ratios with their minimum
@@ -46,10 +46,10 @@ PINS = ["torch==2.13.0", "trl==1.12.0", "transformers==5.23.0", "accelerate==1.1
 RM_SEED = 1234
 BATCH = 8  # rollouts per iteration in both workloads
 VARIANTS = {  # key: (system name, extra rlaif overrides)
-    "separate": ("rlaif (separate critic, the default)", []),
-    "shared": ("rlaif ppo.critic=shared", ["ppo.critic=shared"]),
-    "shared-sampling": ("rlaif ppo.critic=shared ppo.old_logprobs=sampling",
-                        ["ppo.critic=shared", "ppo.old_logprobs=sampling"]),
+    "default": ("rlaif (the default: shared critic, sampling-time old log-probs)", []),
+    "shared-recompute": ("rlaif ppo.old_logprobs=recompute", ["ppo.old_logprobs=recompute"]),
+    "separate": ("rlaif ppo.critic=separate ppo.old_logprobs=recompute",
+                 ["ppo.critic=separate", "ppo.old_logprobs=recompute"]),
 }
 
 

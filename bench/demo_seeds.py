@@ -102,7 +102,8 @@ def summary(rows: list[dict], algo: str, demo_algo: bool, info: dict) -> dict:
            "win_rate_mean": round(statistics.mean(r["win_rate"] for r in ok), 3) if ok else None,
            "win_rate_sd": round(statistics.stdev(r["win_rate"] for r in ok), 3) if len(ok) > 1 else None,
            "worst_seed": worst and {k: worst[k] for k in ("seed", "win_rate", "ci", "rm_sft", "rm_policy")},
-           "rm_up_every_seed": bool(ok) and all(r["rm_policy"] > r["rm_sft"] for r in ok),
+           "rm_up_every_seed": bool(ok) and all(  # None where the run had no reward model (pipeline.stages)
+               r["rm_policy"] is not None and r["rm_sft"] is not None and r["rm_policy"] > r["rm_sft"] for r in ok),
            "every_seed_goal": bool(ok) and len(ok) == len(rows) and all(r["goal_met"] for r in ok)}
     if demo_algo:
         out["max_minutes_command"] = max(r["minutes_command"] for r in rows)

@@ -39,7 +39,8 @@ PARENT = ("import resource, subprocess, sys; rc = subprocess.run(sys.argv[1:]).r
 
 STAGES = {
     "ppo": (["ppo", "--config", str(REPO / "configs" / "ppo-about-10-words.yaml"), "ppo.micro_batch_size=2",
-             "ppo.gradient_accumulation_steps=2", "ppo.checkpoint_every=0"], "ppo.iterations",
+             "ppo.gradient_accumulation_steps=2", "ppo.checkpoint_every=0", "ppo.critic=separate",
+             "ppo.old_logprobs=recompute"], "ppo.iterations",
             {"replicated": [], "shard_optimizer": ["run.shard_optimizer=true"], "fsdp": ["run.fsdp=true"],
              "deepspeed_zero2": []}),
     "sft": (["sft", "--config", str(REPO / "configs" / "sft-demo.yaml"), "sft.micro_batch_size=2",

@@ -205,7 +205,8 @@ def test_rlaif_ppo_in_two_processes_logs_checkpoints_and_resumes(tiny_model_dir,
     base = _cli("ppo", out, tiny_model_dir, [
         f"ppo.prompts={prompts_file}", "ppo.batch_size=8", "ppo.micro_batch_size=2",
         "ppo.gradient_accumulation_steps=4", "ppo.checkpoint_every=1", "ppo.samples_per_prompt=2",
-        "ppo.score_baseline=prompt_mean", "run.shard_optimizer=true"])
+        "ppo.score_baseline=prompt_mean", "run.shard_optimizer=true",
+        "ppo.critic=separate"])  # two optimizers to shard and gather
     proc = launch([*base, "ppo.iterations=2"], 2, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = read_metrics(out)
@@ -247,7 +248,8 @@ _RL_FSDP = {
     "ppo-shared": ["ppo.batch_size=8", "ppo.micro_batch_size=2", "ppo.gradient_accumulation_steps=4",
                    "ppo.checkpoint_every=1", "ppo.critic=shared", "ppo.missing_eos=keep", "ppo.learning_rate=1e-4"],
     "ppo-separate": ["ppo.batch_size=8", "ppo.micro_batch_size=2", "ppo.gradient_accumulation_steps=4",
-                     "ppo.checkpoint_every=1", "ppo.missing_eos=keep", "ppo.learning_rate=1e-4"],
+                     "ppo.checkpoint_every=1", "ppo.critic=separate", "ppo.missing_eos=keep",
+                     "ppo.learning_rate=1e-4"],
     "grpo-lora": ["grpo.prompts_per_iteration=2", "grpo.group_size=4", "grpo.micro_batch_size=2",
                   "grpo.gradient_accumulation_steps=4", "grpo.checkpoint_every=1", "grpo.missing_eos=keep",
                   "grpo.learning_rate=1e-3", "grpo.lora.r=4"],  # not with FSDP (exit 2)

@@ -62,7 +62,7 @@ def _run(out: Path, policy: str, prompts: str, micro: int, accum: int, monkeypat
             "ppo.batch_size=4", f"ppo.micro_batch_size={micro}", f"ppo.gradient_accumulation_steps={accum}",
             "ppo.forward_batch_size=4", "ppo.generation.max_new_tokens=8", "ppo.generation.batch_size=4",
             "ppo.learning_rate=0.001", "ppo.value_learning_rate=0.001", "ppo.checkpoint_every=0",
-            "ppo.max_grad_norm=1000.0",
+            "ppo.max_grad_norm=1000.0", "ppo.critic=separate", "ppo.old_logprobs=recompute",  # both update paths
         ])
         ppo.train(cfg.run, cfg.ppo)
     rec["metrics"] = read_metrics(out)[0]

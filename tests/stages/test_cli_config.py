@@ -221,6 +221,7 @@ def _resume_args(out, policy, prompts, iterations: int) -> list[str]:
         "ppo.gradient_accumulation_steps=2", "ppo.forward_batch_size=4", "ppo.generation.max_new_tokens=8",
         "ppo.learning_rate=0.001", "ppo.value_learning_rate=0.001", "ppo.checkpoint_every=1",
         "ppo.kl_target=0.5", "ppo.kl_horizon=100", "ppo.missing_eos=drop",
+        "ppo.critic=separate", "ppo.old_logprobs=recompute",  # the most state to resume: critic model + optimizer
     ]
 
 
@@ -302,15 +303,15 @@ def test_fsdp_where_it_does_not_apply_exits_2(capsys, tmp_path, tiny_model_dir, 
 
 def test_resume_with_other_lora_or_critic_settings_exits_2_naming_the_key(capsys, tmp_path, tiny_model_dir,
                                                                         prompts_file):
-    """A checkpoint written with LoRA off and a separate critic: resuming it with LoRA on, or with a shared
-    critic, stops with exit 2 naming the key (not a missing-file traceback), and the checkpoint is kept."""
+    """A checkpoint written with LoRA off and the default shared critic: resuming it with LoRA on, or with a
+    separate critic, stops with exit 2 naming the key (not a missing-file traceback), and the checkpoint is kept."""
     base = ["ppo", f"run.output_dir={tmp_path}", "run.progress=false", f"ppo.policy={tiny_model_dir}",
             f"ppo.prompts={prompts_file}", f"ppo.reward.function={REWARDS}:constant_one", "ppo.batch_size=4",
             "ppo.micro_batch_size=2", "ppo.gradient_accumulation_steps=2", "ppo.generation.max_new_tokens=2",
             "ppo.checkpoint_every=1"]
     assert cli_main([*base, "ppo.iterations=1"]) == 0
     capsys.readouterr()
-    for extra, key in ((["ppo.lora.r=2"], "ppo.lora.r"), (["ppo.critic=shared"], "ppo.critic")):
+    for extra, key in ((["ppo.lora.r=2"], "ppo.lora.r"), (["ppo.critic=separate"], "ppo.critic")):
         assert cli_main([*base, "ppo.iterations=2", *extra]) == 2
         lines = _error_lines(capsys)
         assert any(f"'{key}'" in line and "run.resume=never" in line for line in lines), lines

@@ -149,7 +149,8 @@ def test_lora_resume_equals_uninterrupted(tmp_path, eos_model_dir, prompts_file,
                 f"ppo.reward.function={REWARDS}:length_reward", "ppo.iterations=3", "ppo.batch_size=4",
                 "ppo.micro_batch_size=1", "ppo.gradient_accumulation_steps=2", "ppo.forward_batch_size=4",
                 "ppo.generation.max_new_tokens=8", "ppo.learning_rate=0.01", "ppo.value_learning_rate=0.001",
-                "ppo.checkpoint_every=1", "ppo.kl_target=0.5", "ppo.kl_horizon=100", "ppo.lora.r=4"]
+                "ppo.checkpoint_every=1", "ppo.kl_target=0.5", "ppo.kl_horizon=100", "ppo.lora.r=4",
+                "ppo.critic=separate", "ppo.old_logprobs=recompute"]  # the policy optimizer holds adapters only
 
     split, whole = tmp_path / "split", tmp_path / "whole"
     with monkeypatch.context() as mp:
@@ -181,7 +182,8 @@ def test_lora_resume_equals_uninterrupted(tmp_path, eos_model_dir, prompts_file,
 def test_gradient_checkpointing_gives_the_same_update(tmp_path, tiny_model_dir, prompts_file, monkeypatch, lora):
     """Policy and critic recompute activations in the backward pass; the weights after one iteration match."""
     seen = capture(monkeypatch, ppo, "build_models")
-    common = ("run.threads=1", "ppo.iterations=1", f"ppo.lora.r={lora}")
+    common = ("run.threads=1", "ppo.iterations=1", f"ppo.lora.r={lora}", "ppo.critic=separate",
+              "ppo.old_logprobs=recompute")  # two models that both checkpoint
     plain, ckpt = tmp_path / "plain", tmp_path / "ckpt"
     assert cli_main(["ppo", *ppo_overrides(plain, tiny_model_dir, prompts_file, *common)]) == 0
     assert cli_main(["ppo", *ppo_overrides(ckpt, tiny_model_dir, prompts_file, *common,

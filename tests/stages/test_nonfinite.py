@@ -169,7 +169,7 @@ def test_ppo_nan_reward_stops_at_its_iteration_and_the_checkpoint_resumes(tmp_pa
 
 
 @pytest.mark.parametrize("extra, message", [
-    (("ppo.weight_decay=1e42",), "iteration 1: value: non-finite weights after the optimizer step"),
+    (("ppo.weight_decay=1e42", "ppo.critic=separate"), "iteration 1: value: non-finite weights after the optimizer step"),
     (("ppo.learning_rate=1e30",), "iteration 2: policy: non-finite gradient norm nan"),
 ])
 def test_ppo_nonfinite_update_stops_naming_the_iteration_and_model(tmp_path, tiny_model_dir, prompts_file, capsys,

@@ -16,6 +16,7 @@ from rlaif.metrics import read_metrics
 from rlaif.stages import ppo, ppo_batch
 
 REWARDS = Path(__file__).resolve().with_name("rewards_for_tests.py")
+SEPARATE = ("ppo.critic=separate", "ppo.old_logprobs=recompute")  # the non-default critic, one key away
 
 
 def ppo_overrides(out, policy: str, prompts: str, *extra: str, reward: str = "length_reward") -> list[str]:
@@ -39,7 +40,8 @@ def capture_models(monkeypatch) -> dict:
         seen["models"] = models
         seen["policy0"] = {k: v.detach().clone() for k, v in models.policy.named_parameters()}
         seen["reference0"] = {k: v.detach().clone() for k, v in models.reference.state_dict().items()}
-        seen["value0"] = {k: v.detach().clone() for k, v in models.value.named_parameters()}
+        critic = models.value if models.value is not None else models.value_head  # separate, or the shared head
+        seen["value0"] = {k: v.detach().clone() for k, v in critic.named_parameters()}
         return models
 
     monkeypatch.setattr(ppo, "build_models", wrapper)
@@ -57,7 +59,8 @@ def test_ppo_two_iterations_cli(tmp_path, tiny_model_dir, prompts_file, monkeypa
 
     seen = capture_models(monkeypatch)
     out = tmp_path / "run"
-    assert cli_main(["ppo", *ppo_overrides(out, tiny_model_dir, prompts_file)]) == 0
+    # the separate critic with recomputed old log-probs: the defaults (shared, sampling) have their own tests below
+    assert cli_main(["ppo", *ppo_overrides(out, tiny_model_dir, prompts_file, *SEPARATE)]) == 0
     models = seen["models"]
 
     # metrics: one row per iteration, finite losses
@@ -394,7 +397,7 @@ def test_first_minibatch_ratio_is_one_with_several_minibatches(tmp_path, tiny_mo
     while the later minibatches of the iteration (after steps) do not. `ratio_max` alone hides the first."""
     cfg = load_config(RootConfig, None, ppo_overrides(
         tmp_path, tiny_model_dir, prompts_file, "ppo.micro_batch_size=1", "ppo.gradient_accumulation_steps=2",
-        "ppo.ppo_epochs=2", "ppo.iterations=1"))  # 4 rollouts, 2 per optimizer step: 2 minibatches x 2 epochs
+        "ppo.ppo_epochs=2", "ppo.iterations=1", "ppo.old_logprobs=recompute"))  # 4 rollouts, 2 per optimizer step: 2 minibatches x 2 epochs
     ppo.train(cfg.run, cfg.ppo)
     row = read_metrics(tmp_path)[0]
     assert row["ratio_dev_first_minibatch"] < 1e-5

@@ -367,7 +367,7 @@ def test_ppo_takes_the_rm_as_reward_and_critic(tmp_path, tiny_model_dir, tiny_rm
     monkeypatch.setattr(ppo, "build_models", wrapper)
     out = tmp_path / "ppo"
     assert cli_main(ppo_args(out, tiny_model_dir, prompts_file, f"ppo.reward.model=[{tiny_rms[0]}]",
-                             "ppo.value_init=reward")) == 0
+                             "ppo.critic=separate", "ppo.value_init=reward")) == 0
     (row,) = read_metrics(out)
     for k in ("reward_mean", "reward_std", "value_mean", "value_loss", "policy_loss"):
         assert row[k] is not None and math.isfinite(row[k]), k

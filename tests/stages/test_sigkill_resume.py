@@ -192,7 +192,8 @@ def test_ppo_sigkill_then_rerun_equals_an_uninterrupted_run(tmp_path, tiny_model
                 "ppo.micro_batch_size=1", "ppo.gradient_accumulation_steps=2", "ppo.forward_batch_size=4",
                 "ppo.generation.max_new_tokens=6", "ppo.generation.batch_size=4", "ppo.missing_eos=keep",
                 "ppo.kl_target=0.5", "ppo.kl_horizon=100", "ppo.learning_rate=0.001",
-                "ppo.value_learning_rate=0.001", "ppo.checkpoint_every=1"]
+                "ppo.value_learning_rate=0.001", "ppo.checkpoint_every=1",
+                "ppo.critic=separate", "ppo.old_logprobs=recompute"]  # the most state: a critic and its optimizer
 
     straight_dir, out = tmp_path / "straight", tmp_path / "killed"
     assert cli_main(args(straight_dir)) == 0

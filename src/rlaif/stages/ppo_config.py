@@ -15,9 +15,10 @@ class PPOConfig(RLPolicyConfig):
     gradient_checkpointing: bool = field(False, help="recompute policy and critic activations in the backward "
                                          "pass (less memory, slower updates)")
     critic: Literal["separate", "shared"] = field(
-        "separate", help="separate: a critic model of its own (value_model / value_init); shared: a scalar value head "
-        "on the policy's own last hidden states, trained with the policy in one loss (policy + vf_coef x value): "
-        "one forward pass scores both, no second backbone, its gradients or AdamW moments in memory")
+        "shared", help="shared (default): a scalar value head on the policy's own last hidden states, trained with the "
+        "policy in one loss (policy + vf_coef x value): one forward pass scores both, no second backbone, its "
+        "gradients or AdamW moments in memory; separate: a critic model of its own (value_model / value_init, "
+        "value_learning_rate). The demo's three-seed tables (bench/RESULTS.md) found shared learning at least as well")
     vf_coef: float = field(0.1, help="critic=shared: weight of the value loss in the joint loss")
     value_model: str | None = field(None, help="critic initialisation; default: per value_init")
     value_init: Literal["reward", "policy"] = field(
@@ -25,12 +26,12 @@ class PPOConfig(RLPolicyConfig):
     iterations: int = field(20, help="PPO iterations (each: rollouts, value update, policy update)")
     batch_size: int = field(32, help="rollouts per iteration")
     old_logprobs: Literal["recompute", "sampling"] = field(
-        "recompute", help="recompute: the old log-probs (and a shared critic's values) from a forward pass over each "
-        "rollout, as the update will compute the new ones; sampling: taken while sampling (one policy forward pass "
-        "fewer per rollout, as TRL's PPOTrainer), at the price of a small sampling/training mismatch (KV-cached "
+        "sampling", help="sampling (default): the old log-probs (and a shared critic's values) taken while sampling "
+        "(one policy forward pass fewer per rollout, as TRL's PPOTrainer); recompute: from a forward pass over each "
+        "rollout, as the update will compute the new ones. sampling comes at the price of a small sampling/training mismatch (KV-cached "
         "decoding vs one full pass; larger in bf16) that shows as ratio != 1 in the first minibatch")
     ppo_epochs: int = field(1, help="passes over each rollout batch")
-    value_learning_rate: float = field(1e-5, help="critic AdamW learning rate")
+    value_learning_rate: float = field(1e-5, help="critic=separate: the critic's AdamW learning rate")
     gamma: float = field(1.0, help="discount")
     lam: float = field(0.95, help="GAE lambda")
     value_clip_eps: float | None = field(0.2, help="value clip around old values (None = unclipped)")
@@ -71,8 +72,8 @@ class PPOConfig(RLPolicyConfig):
         if self.score_baseline == "prompt_mean" and self.samples_per_prompt < 2:
             raise ConfigError("config key 'ppo.score_baseline': prompt_mean needs ppo.samples_per_prompt >= 2")
         if self.critic == "shared" and (self.value_model is not None or self.value_init != "policy"):
-            raise ConfigError("config key 'ppo.critic': shared puts the value head on the policy itself; unset "
-                              "ppo.value_model and keep ppo.value_init=policy")
+            raise ConfigError("config key 'ppo.critic': shared (the default) puts the value head on the policy itself; "
+                              "ppo.value_model and ppo.value_init=reward need ppo.critic=separate")
 
 
 __all__ = ["GenerationConfig", "PPOConfig", "RewardConfig"]
