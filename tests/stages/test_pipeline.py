@@ -111,21 +111,26 @@ def test_only_with_missing_inputs_and_bad_stage_exit_2(tmp_path, tiny_model_dir,
     assert "eval.max_prompts" in capsys.readouterr().err
 
 
-def test_sigkill_between_stages_then_rerun_skips_finished(tmp_path, tiny_model_dir, prompts_file):
-    config = tiny_pipeline(tmp_path, tiny_model_dir, prompts_file, stages=("sft", "label", "rm"), report=False)
-    root = tmp_path / "run"
-    cmd = [sys.executable, "-m", "rlaif.cli", "pipeline", str(config)]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+def sigkill_when(cmd: list[str], env: dict, marker: Path, timeout: float) -> None:
+    """Start the command, SIGKILL it as soon as `marker` exists (it must still be running then)."""
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     try:
-        deadline = time.time() + 240
-        while time.time() < deadline and proc.poll() is None and not (root / "sft" / DONE).exists():
+        deadline = time.time() + timeout
+        while time.time() < deadline and proc.poll() is None and not marker.exists():
             time.sleep(0.05)
         assert proc.poll() is None, "the pipeline finished before it could be killed"
         os.kill(proc.pid, signal.SIGKILL)
     finally:
         proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL
+
+
+def test_sigkill_between_stages_then_rerun_skips_finished(tmp_path, tiny_model_dir, prompts_file):
+    config = tiny_pipeline(tmp_path, tiny_model_dir, prompts_file, stages=("sft", "label", "rm"), report=False)
+    root = tmp_path / "run"
+    cmd = [sys.executable, "-m", "rlaif.cli", "pipeline", str(config)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    sigkill_when(cmd, env, root / "sft" / DONE, 240)
     assert not (root / "rm" / DONE).exists()
     sft_done = (root / "sft" / DONE).read_text()
     sft_weights = (root / "sft" / "model" / "model.safetensors").stat().st_mtime_ns
@@ -162,15 +167,7 @@ def test_two_rounds_resume_after_a_kill_inside_round_2(tmp_path, tiny_model_dir,
     root, r2 = tmp_path / "run", tmp_path / "run" / "round-2"
     cmd = [sys.executable, "-m", "rlaif.cli", "pipeline", str(config)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    try:
-        deadline = time.time() + 600
-        while time.time() < deadline and proc.poll() is None and not (r2 / "label" / DONE).exists():
-            time.sleep(0.05)
-        assert proc.poll() is None, "the pipeline finished before it could be killed"
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait(timeout=30)
+    sigkill_when(cmd, env, r2 / "label" / DONE, 600)
     assert not (r2 / "ppo" / DONE).exists()
     labels_r2 = (r2 / "label" / "preferences.jsonl").read_text()
     rc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, timeout=900)
