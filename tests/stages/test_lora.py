@@ -242,7 +242,8 @@ def test_lora_on_smollm2_kl_starts_at_exactly_zero(tmp_path, smollm2_dir, prompt
     out = tmp_path / "run"
     args = ppo_overrides(out, smollm2_dir, prompts_file, "run.threads=1", "ppo.lora.r=8", "ppo.batch_size=2",
                          "ppo.micro_batch_size=1", "ppo.forward_batch_size=2", "ppo.generation.batch_size=2",
-                         "ppo.learning_rate=0.001", "ppo.generation.max_new_tokens=8")
+                         "ppo.learning_rate=0.001", "ppo.generation.max_new_tokens=8",
+                         "ppo.old_logprobs=recompute")  # the KL from two identical full passes: exactly 0
     assert cli_main(["ppo", *args]) == 0
     rows = read_metrics(out)
     assert seen["models"].reference is None
