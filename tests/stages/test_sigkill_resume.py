@@ -222,8 +222,11 @@ def test_ctrl_c_exits_130_with_a_resume_hint_and_leaves_a_complete_checkpoint(tm
     cmd = [sys.executable, "-m", "rlaif.cli", "sft", f"run.output_dir={out}", "run.progress=false", "run.threads=1",
            f"sft.model={tiny_model_dir}", f"sft.data={data}", "sft.max_steps=200", "sft.micro_batch_size=2",
            "sft.gradient_accumulation_steps=1", "sft.checkpoint_every=1"]
+    # as from a terminal: SIGINT at its default even where this test process inherited it ignored (a job started
+    # with `&` by a non-interactive shell, e.g. CI in the background), which Python's child would keep ignoring
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.time() + 120
         while time.time() < deadline and proc.poll() is None and not list_checkpoints(out):
