@@ -67,3 +67,14 @@ def test_wilson_interval_hand_computed():
     lo, hi = ops.wilson_interval(8, 10)
     assert (lo, hi) == pytest.approx((0.490157, 0.943319), abs=1e-6)
     assert ops.wilson_interval(0, 5)[0] == 0.0 and ops.wilson_interval(5, 5)[1] == pytest.approx(1.0)
+
+
+def test_paired_difference_hand_computed():
+    # differences 0.5, -0.1, 0.4, 0.2: mean 0.25; deviations 0.25, -0.35, 0.15, -0.05 -> squares sum 0.21,
+    # sd = sqrt(0.21 / 3) = 0.264575, se = 0.264575 / 2 = 0.132288
+    mean, se = ops.paired_difference(torch.tensor([1.0, 0.2, 0.9, 0.2]), torch.tensor([0.5, 0.3, 0.5, 0.0]))
+    assert (mean, se) == pytest.approx((0.25, 0.132288), abs=1e-6)
+    assert ops.paired_difference(torch.tensor([2.0]), torch.tensor([1.5])) == (0.5, 0.0)
+    with pytest.raises(ValueError, match="two"):
+        ops.paired_difference(torch.zeros(3), torch.zeros(2))
+

@@ -62,6 +62,7 @@ def test_ppo_validation_is_held_out_logged_and_leaves_training_unchanged(tmp_pat
     assert initial_reward == pytest.approx(sum(len(r["answer"]) / 10 for r in initial) / len(initial), abs=1e-5)
     for r in rows[1:]:
         assert r["val_reward_gain"] == pytest.approx(r["val_reward_mean"] - initial_reward, abs=1e-5)
+        assert r["val_reward_gain_se"] >= 0.0  # over the 4 paired answers (ops.paired_difference)
         assert 0.0 <= r["val_win_rate"] <= 1.0 and r["val_length"] > 0 and 0 <= r["val_eos_rate"] <= 1
     # validation samples under its own RNG: training on the remaining prompts without validation is identical
     monkeypatch.setenv("RLAIF_TEST_SEEN", str(tmp_path / "seen-off.jsonl"))

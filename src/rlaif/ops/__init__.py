@@ -45,11 +45,13 @@ from .evaluation import (  # noqa: E402
     bootstrap_mean_ci,
     cohens_kappa,
     distinct_n,
+    paired_difference,
     pearson,
     sign_disagreement,
     wilson_interval,
     win_outcomes,
 )
 
-__all__ += ["bootstrap_mean_ci", "cohens_kappa", "distinct_n", "pearson", "sign_disagreement", "wilson_interval",
+__all__ += ["bootstrap_mean_ci", "cohens_kappa", "distinct_n", "paired_difference", "pearson", "sign_disagreement",
+            "wilson_interval",
             "win_outcomes"]

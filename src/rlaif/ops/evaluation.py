@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import torch
 
 __all__ = ["win_outcomes", "bootstrap_mean_ci", "pearson", "distinct_n", "sign_disagreement", "cohens_kappa",
-           "wilson_interval"]
+           "wilson_interval", "paired_difference"]
 
 
 def win_outcomes(prob_better: torch.Tensor) -> torch.Tensor:
@@ -106,3 +106,17 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
     center = (p + z2 / (2 * n)) / denom
     half = z * (p * (1 - p) / n + z2 / (4 * n * n)) ** 0.5 / denom
     return max(0.0, center - half), min(1.0, center + half)
+
+
+def paired_difference(after: torch.Tensor, before: torch.Tensor) -> tuple[float, float]:
+    """(n,) scores of the same n items after and before -> (mean of after − before, its standard error
+    sd(after − before) / sqrt(n), sd with n − 1; 0 when n < 2). A gain is beyond its noise when it exceeds about
+    twice the standard error (the items are the noise: other prompts, other samples)."""
+    if after.shape != before.shape or after.dim() != 1:
+        raise ValueError(f"paired_difference needs two (n,) tensors, got {tuple(after.shape)} and "
+                         f"{tuple(before.shape)}")
+    d = after.double() - before.double()
+    n = d.numel()
+    if n == 0:
+        return 0.0, 0.0
+    return float(d.mean()), float(d.std() / n ** 0.5) if n > 1 else 0.0

@@ -461,7 +461,9 @@ def ppo_section(data: RunData, summary: dict) -> str:
         ("entropy", start_end("entropy")), ("response length", start_end("response_length")),
         ("EOS rate", start_end("eos_rate")),
         *([("held-out validation: reward-model score gain over the initial policy (first → last validation)",
-            f"{fmt(p['val_reward_gain_first'])} → {fmt(p['val_reward_gain_last'])}")]
+            f"{fmt(p['val_reward_gain_first'])} → {fmt(p['val_reward_gain_last'])}"
+            + (f" (± {fmt(p['val_reward_gain_se_last'])} standard error)"
+               if p.get("val_reward_gain_se_last") is not None else ""))]
           if p.get("val_reward_gain_last") is not None else []),
         *([("held-out validation: judge win-rate vs the initial policy (first → last validation)",
             f"{fmt(p['val_win_rate_first'])} → {fmt(p['val_win_rate_last'])}")]

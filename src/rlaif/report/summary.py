@@ -122,7 +122,7 @@ def build_summary(data: RunData) -> dict[str, Any]:
         for key in ("score_mean", "reward_mean", "kl", "entropy", "response_length", "eos_rate"):
             block[f"{key}_start"] = _window_mean(ppo, key, k, end=False)
             block[f"{key}_end"] = _window_mean(ppo, key, k, end=True)
-        for key in ("val_reward_mean", "val_reward_gain", "val_win_rate"):  # the held-out validation, if on
+        for key in ("val_reward_mean", "val_reward_gain", "val_reward_gain_se", "val_win_rate"):  # validation, if on
             block[f"{key}_first"] = first_value(ppo, key)
             block[f"{key}_last"] = last_value(ppo, key)
         out["ppo"] = block

@@ -12,7 +12,8 @@ training run is the same with validation on or off. Every process computes the s
 sharded models are gathered for sampling as in the rollouts).
 
 Logged in the iteration's metrics row: `val_reward_mean`, `val_reward_gain` (over the initial policy's
-answers), `val_win_rate` (against them), `val_length`, `val_eos_rate`.
+answers) with `val_reward_gain_se` (its standard error over the paired answers: a gain beyond about twice it is
+beyond the noise of these prompts and samples), `val_win_rate` (against them), `val_length`, `val_eos_rate`.
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ class Validator:
         self.rows = [r for r in prompts for _ in range(cfg.samples_per_prompt)]
         self.judge = make_judge(cfg.judge, device=device, autocast=amp, key="validation.judge") if cfg.judge_win_rate else None
         self.initial: list[str] = []
-        self.initial_reward = 0.0
+        self.initial_rewards = torch.zeros(0)  # (n,) the initial policy's answer rewards, paired with each answer
 
     def _answers(self, policy) -> tuple[list[str], torch.Tensor, torch.Tensor, torch.Tensor]:
         g = self.gen
@@ -107,20 +108,23 @@ class Validator:
             saved = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
             if [s["id"] for s in saved] == [r.id for r in self.rows]:
                 self.initial = [s["answer"] for s in saved]
-                self.initial_reward = sum(s["reward"] for s in saved) / len(saved)
+                self.initial_rewards = torch.tensor([float(s["reward"]) for s in saved])
                 return
             log.warning("%s does not match the validation prompts: taking the initial answers again", path)
         answers, reward, _, _ = self._answers(policy)
-        self.initial, self.initial_reward = answers, float(reward.mean())
+        # kept as written, so a resumed run pairs with the same figures
+        self.initial, self.initial_rewards = answers, torch.tensor([round(r, 6) for r in reward.tolist()])
         if distributed.is_main():
             path.unlink(missing_ok=True)
-            for row, a, r in zip(self.rows, answers, reward.tolist()):
-                append_jsonl(path, {"id": row.id, "answer": a, "reward": round(r, 6)})
-        log.info("validation: %d answers of the initial policy, reward %.3f", len(answers), self.initial_reward)
+            for row, a, r in zip(self.rows, answers, self.initial_rewards.tolist()):
+                append_jsonl(path, {"id": row.id, "answer": a, "reward": r})
+        log.info("validation: %d answers of the initial policy, reward %.3f", len(answers),
+                 float(self.initial_rewards.mean()))
 
     def validate(self, policy) -> dict[str, float]:
         answers, reward, length, ended = self._answers(policy)
-        out = {"val_reward_mean": float(reward.mean()), "val_reward_gain": float(reward.mean()) - self.initial_reward,
+        gain, gain_se = ops.paired_difference(reward, self.initial_rewards)
+        out = {"val_reward_mean": float(reward.mean()), "val_reward_gain": gain, "val_reward_gain_se": gain_se,
                "val_length": float(length.mean()), "val_eos_rate": float(ended.float().mean())}
         if self.judge is not None:
             refs = [r.reference for r in self.rows] if self.cfg.use_references else None
@@ -148,9 +152,9 @@ def start_validation(cfg, models, reward_fn, out: Path, device, amp, resumed: bo
 def log_validation(row: dict, iteration: int) -> None:
     if "val_reward_mean" in row:
         win = f", judge win-rate vs initial policy {row['val_win_rate']:.3f}" if "val_win_rate" in row else ""
-        log.info("validation after iteration %d: reward %.3f (%+.3f vs initial policy)%s, len %.1f, eos %.2f",
-                 iteration, row["val_reward_mean"], row["val_reward_gain"], win, row["val_length"],
-                 row["val_eos_rate"])
+        log.info("validation after iteration %d: reward %.3f (%+.3f ± %.3f s.e. vs initial policy)%s, len %.1f, "
+                 "eos %.2f", iteration, row["val_reward_mean"], row["val_reward_gain"],
+                 row.get("val_reward_gain_se", float("nan")), win, row["val_length"], row["val_eos_rate"])
 
 
 __all__ = ["ValidationConfig", "Validator", "training_prompts", "due"]
