@@ -77,4 +77,3 @@ def test_paired_difference_hand_computed():
     assert ops.paired_difference(torch.tensor([2.0]), torch.tensor([1.5])) == (0.5, 0.0)
     with pytest.raises(ValueError, match="two"):
         ops.paired_difference(torch.zeros(3), torch.zeros(2))
-

@@ -53,5 +53,4 @@ from .evaluation import (  # noqa: E402
 )
 
 __all__ += ["bootstrap_mean_ci", "cohens_kappa", "distinct_n", "paired_difference", "pearson", "sign_disagreement",
-            "wilson_interval",
-            "win_outcomes"]
+            "wilson_interval", "win_outcomes"]

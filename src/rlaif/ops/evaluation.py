@@ -117,6 +117,6 @@ def paired_difference(after: torch.Tensor, before: torch.Tensor) -> tuple[float,
                          f"{tuple(before.shape)}")
     d = after.double() - before.double()
     n = d.numel()
-    if n == 0:
-        return 0.0, 0.0
-    return float(d.mean()), float(d.std() / n ** 0.5) if n > 1 else 0.0
+    mean = float(d.mean()) if n else 0.0
+    se = float(d.std() / n ** 0.5) if n > 1 else 0.0
+    return mean, se
