@@ -9,6 +9,6 @@ if ! command -v chromium >/dev/null 2>&1; then  # setup.sh installs it only as r
   echo "rlaif: WARNING: no chromium on this machine: the report's headless-browser test will be SKIPPED" \
        "(install Debian's chromium, or run as root once, to run it)" >&2
 fi
-args=(-q)
+args=(-q --durations=30)  # the 30 slowest tests at the end: where the CI budget goes
 [[ -n "${RLAIF_FAST:-}" ]] && args+=(-m "not slow")
 exec .venv/bin/python -m pytest "${args[@]}" "$@"

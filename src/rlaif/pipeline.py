@@ -250,7 +250,8 @@ def run_summary_lines(root: Path) -> list[str]:
     if audit:
         o = audit.get("overall", audit)
         lines.append(f"  audit  judge {audit['judge']['judge']}: accuracy {o.get('accuracy')}, consistency "
-                     f"{o.get('consistency_rate')} -> {'reliable' if audit.get('reliable') else 'UNRELIABLE'}")
+                     f"{o.get('consistency_rate')} -> " + ("reliable" if audit.get("reliable") else
+                                                          "UNRELIABLE (" + "; ".join(audit.get("reasons") or []) + ")"))
     lab = _read(root / "label" / "label_summary.json")
     if lab:
         lines.append(f"  label  {lab['pairs_written']} preference pairs, position consistency "

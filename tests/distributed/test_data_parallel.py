@@ -5,10 +5,12 @@ starts one process unless MPI is set up.
 
 - The PPO step (scoring, global whitening, critic and policy updates) in 2 processes equals the step in 1
   process on the same global batch, and the processes' parameters are identical after every iteration.
-- `rlaif sft`, `rlaif rm` and `rlaif dpo` in 2 processes end with the weights of the same run in 1 process
-  (same logged losses, accuracies and held-out figures).
-- `rlaif ppo` and `rlaif grpo` through the CLI in 2 processes: one metrics row per iteration counting every
-  process's tokens, one checkpoint holding both processes' RNG streams, and a rerun resumes from it.
+- `rlaif rm` and `rlaif dpo` in 2 processes end with the weights of the same run in 1 process (same logged losses,
+  accuracies and held-out figures); `rlaif sft` likewise with its moments or its weights sharded (below). Each
+  stage's 1-process run is made once and compared with every 2-process variant.
+- `rlaif ppo` through the CLI in 2 processes: one metrics row per iteration counting every process's tokens, one
+  checkpoint holding both processes' RNG streams, and a rerun resumes from it (`rlaif grpo` with LoRA in 2
+  processes: the unsharded run the ZeRO-2 LoRA case below is compared with).
 - Sharding: `run.shard_optimizer` (ZeRO-1) and `run.fsdp` (FSDP2) runs equal their 1-process runs and resume;
   in `rlaif ppo` and `rlaif grpo`, `run.fsdp` (the policy sharded, gathered whole for sampling) equals the
   unsharded 2-process run and resumes.
@@ -117,19 +119,32 @@ def _stage_args(stage: str, model: str, tmp_path: Path) -> tuple[list[str], str,
             ("loss", "reward_margin", "grad_norm", "eval_loss", "eval_reward_margin"))
 
 
-@pytest.mark.parametrize("stage", ["sft", "rm", "dpo"])
+_ONE_PROCESS_RUNS: dict[str, Path] = {}  # stage -> its plain 1-process run of _stage_args (the same in every test)
+
+
+def _one_process_run(stage: str, args: list[str], tmp_path: Path) -> Path:
+    """The 1-process run of `stage` every 2-process variant is compared with, run once per test session."""
+    if stage not in _ONE_PROCESS_RUNS:
+        out = tmp_path / f"{stage}-one-process"
+        proc = launch(["-m", "rlaif.cli", stage, f"run.output_dir={out}", "run.progress=false", "run.device=cpu",
+                       "run.keep_checkpoints=1", *args], 1, tmp_path)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        _ONE_PROCESS_RUNS[stage] = out
+    return _ONE_PROCESS_RUNS[stage]
+
+
+# sft in plain data parallel: its sharded variants below (ZeRO-1 adds only the moments' split to this path)
+@pytest.mark.parametrize("stage", ["rm", "dpo"])
 def test_training_stage_in_two_processes_equals_one(stage, tiny_model_dir, tmp_path):
     """11 rows, 2 held out, 2 x 2 per step: each epoch ends with a 1-row step, where one process has nothing
     to do; the logged figures and the final weights are those of the 1-process run."""
     from safetensors.torch import load_file
 
     args, folder, keys = _stage_args(stage, tiny_model_dir, tmp_path)
-    outs = {}
-    for n in (1, 2):
-        outs[n] = tmp_path / f"{stage}{n}"
-        proc = launch(["-m", "rlaif.cli", stage, f"run.output_dir={outs[n]}", "run.progress=false", "run.device=cpu",
-                       "run.keep_checkpoints=1", *args], n, tmp_path)
-        assert proc.returncode == 0, proc.stderr[-3000:]
+    outs = {1: _one_process_run(stage, args, tmp_path), 2: tmp_path / f"{stage}2"}
+    proc = launch(["-m", "rlaif.cli", stage, f"run.output_dir={outs[2]}", "run.progress=false", "run.device=cpu",
+                   "run.keep_checkpoints=1", *args], 2, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
     rows1, rows2 = read_metrics(outs[1]), read_metrics(outs[2])
     assert [r["step"] for r in rows1] == [r["step"] for r in rows2] == list(range(7))
     for a, b in zip(rows1, rows2):
@@ -164,11 +179,10 @@ def test_sharded_training_equals_one_process_and_resumes(stage, sharding, tiny_m
     from safetensors.torch import load_file
 
     args, folder, keys = _stage_args(stage, tiny_model_dir, tmp_path)
-    outs = {"one": tmp_path / "one", "zero": tmp_path / "zero"}
-    for name, n in (("one", 1), ("zero", 2)):
-        proc = launch(["-m", "rlaif.cli", stage, f"run.output_dir={outs[name]}", "run.progress=false",
-                       "run.device=cpu", "run.keep_checkpoints=1", sharding, *args], n, tmp_path)
-        assert proc.returncode == 0, proc.stderr[-3000:]
+    outs = {"one": _one_process_run(stage, args, tmp_path), "zero": tmp_path / "zero"}  # (sharding: a no-op in 1)
+    proc = launch(["-m", "rlaif.cli", stage, f"run.output_dir={outs['zero']}", "run.progress=false",
+                   "run.device=cpu", "run.keep_checkpoints=1", sharding, *args], 2, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
     for a, b in zip(read_metrics(outs["one"]), read_metrics(outs["zero"]), strict=True):
         for key in keys:
             if key in a:
@@ -225,20 +239,6 @@ def test_rlaif_ppo_in_two_processes_logs_checkpoints_and_resumes(tiny_model_dir,
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert [r["iteration"] for r in read_metrics(out)] == [1, 2, 3]
     assert "resumed from" in proc.stderr
-
-
-def test_rlaif_grpo_with_lora_in_two_processes(tiny_model_dir, prompts_file, tmp_path):
-    out = tmp_path / "grpo"
-    args = _cli("grpo", out, tiny_model_dir, [
-        f"grpo.prompts={prompts_file}", "grpo.prompts_per_iteration=2", "grpo.group_size=4",
-        "grpo.micro_batch_size=2", "grpo.gradient_accumulation_steps=4", "grpo.iterations=2",
-        "grpo.checkpoint_every=2", "grpo.lora.r=4"])  # LoRA: the reference is the policy, adapters off
-    proc = launch(args, 2, tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = read_metrics(out)
-    assert [r["iteration"] for r in rows] == [1, 2]
-    assert all(r["tokens"] >= 8 for r in rows)  # both processes' groups (2 prompts x 4 answers)
-    assert (out / "policy" / "model.safetensors").exists()
 
 
 _RL_FSDP = {

@@ -267,6 +267,18 @@ def test_summary_json_collects_the_headline(run_dir, tmp_path):
     assert s["problems"] == []
 
 
+def test_one_screen_summary_says_why_the_judge_is_unreliable(run_dir, tmp_path):
+    import shutil
+
+    from rlaif.pipeline import run_summary_lines
+
+    shutil.copytree(run_dir / "audit", tmp_path / "audit")  # the audit stage alone
+    audit = json.loads((tmp_path / "audit" / "audit.json").read_text())
+    line, = (x for x in run_summary_lines(tmp_path) if x.lstrip().startswith("audit"))
+    assert not audit["reliable"] and audit["reasons"]
+    assert "UNRELIABLE (" in line and all(reason in line for reason in audit["reasons"])
+
+
 def test_missing_and_broken_stages_do_not_crash(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
