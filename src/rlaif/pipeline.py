@@ -249,9 +249,9 @@ def run_summary_lines(root: Path) -> list[str]:
     audit = _read(root / "audit" / "audit.json")
     if audit:
         o = audit.get("overall", audit)
+        verdict = "reliable" if audit.get("reliable") else f"UNRELIABLE ({'; '.join(audit.get('reasons') or [])})"
         lines.append(f"  audit  judge {audit['judge']['judge']}: accuracy {o.get('accuracy')}, consistency "
-                     f"{o.get('consistency_rate')} -> " + ("reliable" if audit.get("reliable") else
-                                                          "UNRELIABLE (" + "; ".join(audit.get("reasons") or []) + ")"))
+                     f"{o.get('consistency_rate')} -> {verdict}")
     lab = _read(root / "label" / "label_summary.json")
     if lab:
         lines.append(f"  label  {lab['pairs_written']} preference pairs, position consistency "
