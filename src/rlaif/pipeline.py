@@ -277,11 +277,13 @@ def run_summary_lines(root: Path) -> list[str]:
         if not ev:
             continue
         lo, hi = ev["win_rate_ci"]
+        # rlaif eval writes "pairs"; a hand-made eval.json may lack it
+        pairs = ev.get("pairs", sum(ev.get(k, 0) for k in ("wins", "ties", "losses")))
         p, b = ev["policy_stats"], ev["baseline_stats"]
         reward = (f"; reward {b['reward_mean']:.3f} -> {p['reward_mean']:.3f}" if p.get("reward_mean") is not None
                   else "")
         lines.append(f"  eval   {algo} vs {Path(ev['baseline']).name or ev['baseline']}: win-rate {ev['win_rate']:.3f} "
-                     f"(95% CI {lo:.3f}-{hi:.3f}, {ev['pairs']} pairs){reward}; KL {p['kl_mean']:.2f}")
+                     f"(95% CI {lo:.3f}-{hi:.3f}, {pairs} pairs){reward}; KL {p['kl_mean']:.2f}")
         lines.extend(f"  WARNING {w}" for w in ev.get("warnings", []))
     for r in (_read(root / "rounds.json") or {}).get("rounds", []):
         def f(x, c=None) -> str:
