@@ -1,67 +1,51 @@
-"""PPO on the real SmolLM2-135M-Instruct raises a *learned* reward model's score on held-out prompts.
+"""PPO on the real SmolLM2-135M-Instruct learns a verifiable reward while KL to the reference stays bounded.
 
-The whole RLAIF chain at a small budget, with the demo's PPO settings (`rlaif demo`'s config):
-1) label: SmolLM2 answers 32 training prompts 4 times (32 new tokens), and a judge compares every pair in both
-   orders. The judge is a Python function with a clear preference, fewer words (`fewer_words` below, soft
-   labels), so the test measures the chain rather than a judge's quality;
-2) rm: a MiniLM Bradley-Terry reward model learns those labels;
-3) ppo: 8 iterations of 4 prompts x 4 answers against that reward model, with the held-out validation: 16
-   validation prompts (never trained on) x 2 answers with fixed seeds, scored by the reward model before the
-   first iteration and after the last.
-The bar is the item of issue 16: the held-out reward gain beyond twice its standard error over the paired
-answers (`val_reward_gain_se`). Measured 2026-12-07 here (seeds 0 / 1 / 2): +0.240 +- 0.060, +0.395 +- 0.076,
-+0.962 +- 0.178; reward-model held-out accuracy 0.90 / 0.95 / 0.84; about 5 min per run (bench/RESULTS.md).
-
-Earlier designs whose reward model was trained on reference answers (not on SmolLM2's own samples) were too
-flat over SmolLM2's answers to move (bench/RESULTS.md); a judge's labels on the policy's own answers are what
-the demo trains on too.
+The reward (`rlaif.rewards.examples:about_10_words`: 1 at ten words, 0 at twenty; answers that run out of
+tokens without EOS score -1) asks for much shorter answers than the model gives (about 20 words here). One
+prompt, sampled 16 times per iteration, so the differences between rollouts come from the policy's own choices
+and the signal is clean enough to learn in a few CPU minutes (measured 2026-12-07 with the shared critic and
+sampling log-probs: -0.17 -> 0.69 in 6 iterations, KL up to 8 nats, 26 -> 15 tokens; 3.7 min here, 8.7 with a
+separate critic).
 """
 
 from __future__ import annotations
 
-import math
+import json
 
 import pytest
 
 from rlaif.config import load_config
 from rlaif.configs import RootConfig
 from rlaif.metrics import read_metrics
-from rlaif.pipeline import demo_config_path, run_pipeline
+from rlaif.stages import ppo
 
 pytestmark = pytest.mark.slow
 
-ITERATIONS = 8
+ITERATIONS = 6
 
 
-def fewer_words(prompts: list[str], firsts: list[str], seconds: list[str]) -> list[float]:
-    """A pairwise judge: P(first better) = sigmoid((words(second) - words(first)) / 3)."""
-    return [1.0 / (1.0 + math.exp((len(f.split()) - len(s.split())) / 3.0)) for f, s in zip(firsts, seconds)]
-
-
-def test_ppo_raises_a_learned_reward_models_held_out_score(tmp_path, smollm2_dir):
-    cfg = load_config(RootConfig, demo_config_path(), [
-        f"run.output_dir={tmp_path}", "run.progress=false", "run.seed=0",
-        "pipeline.stages=[label,rm,align]", "pipeline.report=false", f"sft.model={smollm2_dir}",
-        # 1) 32 prompts x 4 answers, 6 pairs each, judged in both orders
-        "label.max_prompts=32", "label.max_new_tokens=32", "label.judge.backend=function",
-        f"label.judge.function={__file__}:fewer_words",
-        # 2) 4 epochs at 2e-4 (the demo's 2 at 5e-5 are for 384 labels; on 192 the scores stay flat)
-        "rm.epochs=4", "rm.learning_rate=0.0002",
-        # 3) the demo's PPO settings, fewer and shorter answers; the held-out signal after the last iteration
-        f"ppo.iterations={ITERATIONS}", "ppo.generation.max_new_tokens=32", "ppo.checkpoint_every=0",
-        "ppo.validation.max_prompts=16", "ppo.validation.samples_per_prompt=2",
-        f"ppo.validation.every={ITERATIONS}", "ppo.validation.judge_win_rate=false",
+def test_smollm2_learns_a_verifiable_reward(tmp_path, smollm2_dir):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"id": "sea", "prompt": "Describe the sea in two sentences."}) + "\n")
+    cfg = load_config(RootConfig, None, [
+        f"run.output_dir={tmp_path / 'run'}", "run.progress=false", "run.seed=0",
+        "ppo.policy=smollm2-135m-instruct", f"ppo.prompts={prompts}",
+        "ppo.reward.function=rlaif.rewards.examples:about_10_words", "ppo.missing_eos=penalty",
+        f"ppo.iterations={ITERATIONS}", "ppo.batch_size=16", "ppo.micro_batch_size=4",
+        "ppo.gradient_accumulation_steps=1", "ppo.ppo_epochs=2", "ppo.learning_rate=0.00001",
+        "ppo.value_learning_rate=0.0001", "ppo.generation.max_new_tokens=32", "ppo.checkpoint_every=0",
+        "ppo.critic=shared", "ppo.old_logprobs=sampling",  # the demo's critic and log-probs; half the time
     ])
-    run_pipeline(cfg)
-
-    labels = (tmp_path / "label" / "preferences.jsonl").read_text(encoding="utf-8").splitlines()
-    assert len(labels) >= 180  # 32 x 6 pairs, less any the judge called even in both orders
-    rows = read_metrics(tmp_path / "ppo")
+    ppo.train(cfg.run, cfg.ppo)
+    rows = read_metrics(tmp_path / "run")
     assert [r["iteration"] for r in rows] == list(range(1, ITERATIONS + 1))
-    last = rows[-1]
-    gain, se = last["val_reward_gain"], last["val_reward_gain_se"]
-    # the policy moved: its answers differ from the initial policy's, so the paired noise is not zero ...
-    assert se > 0.0, last
-    # ... and the reward model scores the held-out answers higher, beyond twice the noise of these samples
-    assert gain > 2.0 * se, (gain, se)
-    assert all(math.isfinite(r["kl"]) for r in rows)
+    reward = [r["score_mean"] for r in rows]  # after the EOS penalty: what PPO optimises
+    kl = [r["kl"] for r in rows]
+    first, last = reward[0], sum(reward[-2:]) / 2
+    # the improvement, not a time: the last iterations score well above the first ...
+    assert last > first + 0.3, reward
+    # ... while the policy stays near its reference (sequence KL in nats, k1 estimate)
+    assert kl[0] == pytest.approx(0.0, abs=1e-4)
+    assert max(kl) < 10.0, kl
+    # ... and it got there by answering shorter, as asked
+    assert rows[-1]["response_length"] < rows[0]["response_length"] - 4
